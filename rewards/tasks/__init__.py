@@ -1,0 +1,85 @@
+"""Seeded procedural task generators for the four domains, with disjoint train and held-out splits.
+
+Every sample is a plain dict with ``id``, ``domain`` and ``prompt`` (the user message) plus the fields of its domain
+(see each module). ``generate`` returns lists of dicts; ``as_dataset`` wraps them as a ``datasets.Dataset``.
+``demonstration(sample, mode)`` gives the SFT conversation for one of the three reasoning modes.
+
+The split is decided by a hash of the prompt, so held-out prompts never appear in training whatever the sizes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Callable
+
+from . import agent, code, instruct, math
+
+DOMAINS = ("math", "code", "agent", "instruct")
+_MODULES = {"math": math, "code": code, "agent": agent, "instruct": instruct}
+SPLITS = ("train", "test")
+
+
+def _module(domain: str):
+    if domain not in _MODULES:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    return _MODULES[domain]
+
+
+def _split_of(prompt: str) -> str:
+    h = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    return "test" if h % 8 == 0 else "train"
+
+
+def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct samples of ``domain`` belonging to ``split``, reproducible from ``seed``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected train or test")
+    mod = _module(domain)
+    rng = random.Random(f"{domain}:{seed}:{split}")
+    out, seen, tries = [], set(), 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * max(n, 10):
+            raise ValueError(f"{domain}: cannot generate {n} distinct {split} samples (got {len(out)})")
+        s = mod.sample(rng)
+        key = json.dumps(s, sort_keys=True)
+        if key in seen or _split_of(s["prompt"]) != split:
+            continue
+        seen.add(key)
+        s["id"] = f"{domain}/{split}/{len(out)}"
+        s["domain"] = domain
+        out.append(s)
+    return out
+
+
+def as_dataset(samples: list[dict]):
+    import datasets
+
+    return datasets.Dataset.from_list(samples)
+
+
+def demonstration(sample: dict, mode: str) -> list[dict]:
+    """The SFT conversation (messages after the system prompt) for ``sample`` in ``mode``."""
+    return _module(sample["domain"]).demonstration(sample, mode)
+
+
+def system_message(domain: str) -> str | None:
+    return getattr(_module(domain), "SYSTEM", None)
+
+
+def corpus(seed: int = 0, n_per_domain: int = 300) -> list[str]:
+    """Text the embedded tokenizer is trained on: prompts and demonstrations of every domain and mode."""
+    from ..chat import MODES, render_prompt
+
+    texts = []
+    for d in DOMAINS:
+        for s in generate(d, "train", n_per_domain, seed):
+            sys = system_message(d)
+            for m in MODES:
+                msgs = ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": s["prompt"]}]
+                texts.append(render_prompt(msgs + demonstration(s, m), m, add_generation_prompt=False))
+    return texts
+
+
+Generator = Callable[[random.Random], dict]
