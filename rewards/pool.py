@@ -1,0 +1,224 @@
+"""A pool of killable verifier worker processes with a hard wall-clock limit per item and a memory cap.
+
+Each worker is a separate interpreter (``python -c …_worker_main``) that imports the verifiers once and then
+answers length-prefixed JSON jobs ``{"domain","completion","sample","mode"}`` with a ``Verdict`` dict. The parent
+waits for each answer with ``select`` and a deadline; a worker that overruns (a hang inside sympy, a memory blow-up
+that hits its ``RLIMIT_AS``, a crash) is killed with its whole process group and replaced, and the item gets
+``score 0, error "timeout …"``. This is the only real timeout for math-verify: its own SIGALRM timeouts work on the
+main thread only and cannot interrupt C code, so they are switched off (``None``) inside the workers.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .base import Verdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_MEM_MB = int(os.environ.get("REWARDS_WORKER_MEM_MB", "4096"))
+START_TIMEOUT_S = 60.0
+
+
+def _limit_memory():  # runs in the child before exec
+    os.setsid()
+    mb = WORKER_MEM_MB * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (mb, mb))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _pack(obj) -> bytes:
+    data = json.dumps(obj).encode()
+    return struct.pack(">I", len(data)) + data
+
+
+class _Worker:
+    def __init__(self):
+        code = f"import sys; sys.path.insert(0, {ROOT!r}); from rewards.pool import _worker_main; _worker_main()"
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV")}
+        env["PYTHONHASHSEED"] = "0"
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                     preexec_fn=_limit_memory, close_fds=True)
+        self.buf = b""
+        self.is_ready = False
+
+    def wait_ready(self):
+        if self.is_ready:
+            return
+        msg = self.recv(START_TIMEOUT_S)
+        if not msg or not msg.get("ready"):
+            self.kill()
+            raise RuntimeError("verifier worker did not start")
+        self.is_ready = True
+
+    def recv(self, timeout: float):
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 4:
+                size = struct.unpack(">I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + size:
+                    body, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
+                    return json.loads(body)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def send(self, obj) -> bool:
+        try:
+            self.proc.stdin.write(_pack(obj))
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class WorkerPool:
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self._slots: list[_Worker | None] = [None] * self.workers
+        self._free: queue.Queue = queue.Queue()
+        for i in range(self.workers):
+            self._free.put(i)
+        self.replaced = 0
+        # spawn every worker now (they import in parallel); a slot waits for its worker's "ready" on first use
+        for i in range(self.workers):
+            self._spawn(i)
+
+    def _spawn(self, i):
+        try:
+            self._slots[i] = _Worker()
+        except Exception:  # noqa: BLE001
+            self._slots[i] = None
+
+    def run(self, job: dict, limit_s: float) -> Verdict:
+        i = self._free.get()
+        t0 = time.monotonic()
+        try:
+            w = self._slots[i]
+            if w is None or w.proc.poll() is not None:
+                if w is not None:
+                    w.kill()
+                self._slots[i] = None
+                w = self._slots[i] = _Worker()
+            w.wait_ready()
+            t0 = time.monotonic()
+            if not w.send(job):
+                w.kill()
+                self._spawn(i)
+                return Verdict(0.0, {"error": "worker lost", "time_s": time.monotonic() - t0})
+            msg = w.recv(limit_s)
+            if msg is None:
+                dead = w.proc.poll() is not None
+                w.kill()
+                self._spawn(i)  # the replacement imports while the caller goes on
+                self.replaced += 1
+                err = "worker crashed (memory cap or fault)" if dead else f"timeout: exceeded {limit_s:g}s hard limit"
+                return Verdict(0.0, {"error": err, "time_s": time.monotonic() - t0})
+            return Verdict(float(msg["score"]), msg["details"])
+        except Exception as e:  # noqa: BLE001 — never raise on model output
+            return Verdict(0.0, {"error": f"pool error: {type(e).__name__}: {e}", "time_s": time.monotonic() - t0})
+        finally:
+            self._free.put(i)
+
+    def map(self, jobs: list[dict], limit_s: float) -> list[Verdict]:
+        if len(jobs) == 1:
+            return [self.run(jobs[0], limit_s)]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as ex:
+            return list(ex.map(lambda j: self.run(j, limit_s), jobs))
+
+    def close(self):
+        for i, w in enumerate(self._slots):
+            if w is not None:
+                w.kill()
+                self._slots[i] = None
+
+
+_POOL: WorkerPool | None = None
+_LOCK = threading.Lock()
+
+
+def get_pool(workers: int | None = None) -> WorkerPool:
+    global _POOL
+    with _LOCK:
+        if _POOL is None or (workers and workers != _POOL.workers):
+            if _POOL is not None:
+                _POOL.close()
+            _POOL = WorkerPool(workers)
+        return _POOL
+
+
+@atexit.register
+def _close():
+    if _POOL is not None:
+        _POOL.close()
+
+
+def _worker_main():
+    """Inside a worker: import the verifiers once, then answer jobs until stdin closes."""
+    import logging
+
+    logging.disable(logging.WARNING)  # math-verify warns on every call that its own timeouts are off
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from . import base
+    for d in ("math", "instruct", "agent"):
+        try:
+            base.get_verifier(d)
+        except Exception:  # noqa: BLE001
+            pass
+    out = sys.stdout.buffer
+    inp = sys.stdin.buffer
+    sys.stdout = sys.stderr  # nothing a verifier prints can corrupt the protocol
+
+    def send(obj):
+        out.write(_pack(obj))
+        out.flush()
+
+    send({"ready": True})
+    while True:
+        head = inp.read(4)
+        if len(head) < 4:
+            return
+        body = inp.read(struct.unpack(">I", head)[0])
+        try:
+            job = json.loads(body)
+            v = base.score_local(job["domain"], job["completion"], job["sample"], job["mode"])
+            res = {"score": v.score, "details": v.details}
+            data = _pack(res)
+        except Exception as e:  # noqa: BLE001
+            data = _pack({"score": 0.0, "details": {"error": f"worker error: {type(e).__name__}"}})
+        out.write(data)
+        out.flush()
