@@ -1,0 +1,108 @@
+"""The stage graph: which stages a recipe asks for, their dependencies, configs, resources and hashes.
+
+Stage ids: ``bootstrap``, ``sft.<domain>``, ``grpo.<domain>.<mode>``, ``distill``, ``eval``. A stage's
+*config hash* covers everything in the recipe that changes what it computes; its *fingerprint* chains that with its
+dependencies' fingerprints, so a change upstream re-runs everything downstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .recipe import Recipe, Resources
+
+
+@dataclass
+class StageSpec:
+    id: str
+    kind: str
+    deps: list[str]
+    config: Any                 # typed stage config
+    resources: Resources
+    config_key: str             # where the config lives in the recipe (for error messages)
+    domain: str | None = None
+    mode: str | None = None
+    hashed: dict = field(default_factory=dict)   # what the config hash covers
+
+    @property
+    def config_hash(self) -> str:
+        return _hash(self.hashed)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_graph(recipe: Recipe) -> list[StageSpec]:
+    """Stages in run order (a topological order, stable by id). Raises ValueError on a bad reference."""
+    model = recipe.model.model_dump()
+    stages: list[StageSpec] = [StageSpec(
+        "bootstrap", "bootstrap", [], recipe.bootstrap, recipe.bootstrap.resources, "bootstrap",
+        hashed={"model": model, "seed": recipe.seed, "domains": recipe.domains,
+                "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}})]
+    if recipe.sft is not None:
+        for d in recipe.domains:
+            cfg = recipe.sft.for_domain(d)
+            learner = recipe.learner_for(cfg.learner)
+            stages.append(StageSpec(
+                f"sft.{d}", "sft", [cfg.init_from], cfg, cfg.resources, "sft", domain=d,
+                hashed={"sft": cfg.model_dump(), "learner": learner.model_dump(), "seed": recipe.seed,
+                        "modes": recipe.modes, "task": recipe.task_source(d).model_dump(), "domain": d}))
+    ids = {s.id for s in stages}
+    for s in stages:
+        for dep in s.deps:
+            if dep not in ids:
+                raise ValueError(f"{s.config_key}.init_from: stage {s.id} depends on unknown stage {dep!r} "
+                                 f"(known: {', '.join(sorted(ids))})")
+            if dep == s.id:
+                raise ValueError(f"{s.config_key}.init_from: stage {s.id} depends on itself")
+    return _toposort(stages)
+
+
+def _toposort(stages: list[StageSpec]) -> list[StageSpec]:
+    by_id = {s.id: s for s in stages}
+    order, state = [], {}
+
+    def visit(s: StageSpec, path: tuple):
+        if state.get(s.id) == "done":
+            return
+        if state.get(s.id) == "visiting":
+            raise ValueError(f"{s.config_key}: dependency cycle {' -> '.join(path + (s.id,))}")
+        state[s.id] = "visiting"
+        for d in s.deps:
+            visit(by_id[d], path + (s.id,))
+        state[s.id] = "done"
+        order.append(s)
+
+    for s in stages:
+        visit(s, ())
+    return order
+
+
+def fingerprints(graph: list[StageSpec], tokens: dict[str, str] | None = None) -> dict[str, str]:
+    """Per stage: hash(config hash, dependencies' fingerprints, dependencies' completion tokens).
+
+    ``tokens`` maps a completed stage to the token written when it completed, so re-running an upstream stage
+    (even with the same config) invalidates what was built on its old outputs.
+    """
+    tokens = tokens or {}
+    fp: dict[str, str] = {}
+    for s in graph:
+        fp[s.id] = _hash({"config": s.config_hash,
+                          "deps": {d: [fp[d], tokens.get(d)] for d in s.deps}})
+    return fp
+
+
+def dependants(graph: list[StageSpec], roots: set[str]) -> set[str]:
+    """``roots`` and every stage downstream of them."""
+    out = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for s in graph:
+            if s.id not in out and any(d in out for d in s.deps):
+                out.add(s.id)
+                changed = True
+    return out

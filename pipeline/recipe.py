@@ -1,0 +1,295 @@
+"""The recipe: a YAML file validated by a typed schema. Unknown keys are errors; every error is one line.
+
+``load_recipe(path, overrides)`` reads the YAML, applies ``--set a.b=value`` overrides, validates the schema, then
+cross-checks what a schema cannot: stage references exist, files exist, the tokenizer's vocabulary matches the
+model's (teachers and student must share one), and every stage's resources fit the cluster.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DOMAINS = ("math", "code", "agent", "instruct")
+MODES = ("non_think", "think_high", "think_max")
+Domain = Literal["math", "code", "agent", "instruct"]
+Mode = Literal["non_think", "think_high", "think_max"]
+
+
+class RecipeError(ValueError):
+    """A bad recipe; ``str(err)`` is the one line the CLI prints."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(Strict):
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    custom: dict[str, float] = {}
+
+
+class RayConfig(Strict):
+    address: str | None = None          # None: start a local instance; "auto" or "host:port": join a cluster
+    num_cpus: int | None = None         # local instance only; default: all cores
+    num_gpus: int | None = None
+
+
+class TinyModel(Strict):
+    """The embedded model `bootstrap` builds when ``model.path`` is empty: a small Qwen3-MoE."""
+    vocab_size: int = Field(1024, ge=300)
+    hidden_size: int = Field(128, ge=32)
+    intermediate_size: int = 256
+    moe_intermediate_size: int = 128
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 64                  # vLLM's CPU attention needs head_dim >= 64
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    max_position_embeddings: int = 512
+    tokenizer_corpus_per_domain: int = 400
+
+
+class ModelConfig(Strict):
+    path: str | None = None             # local HF folder or hub id; None = the embedded tiny model
+    tokenizer: str | None = None        # defaults to ``path``
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyModel = TinyModel()
+
+
+class TaskSource(Strict):
+    """Where a domain's tasks come from: the built-in generator, or any `datasets`-loadable source."""
+    source: str = "generated"           # "generated", a dataset name/folder, or a loader such as "json"
+    data_files: str | None = None       # for loaders such as json/csv/parquet
+    train_split: str = "train"
+    eval_split: str = "test"
+    fields: dict[str, str] = {}         # our field name -> the source's column name
+    n_train: int = Field(2000, ge=1)
+    n_eval: int = Field(32, ge=1)       # held-out prompts per mode
+
+
+class LearnerConfig(Strict):
+    optimizer: Literal["adamw", "muon"] = "muon"
+    lr: float = Field(3e-3, gt=0)       # AdamW (and Muon's AdamW groups)
+    muon_lr: float = Field(0.02, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO through accelerate; 0 = plain accelerate
+    qat: Literal["none", "mxfp4"] = "none"
+
+
+class BootstrapConfig(Strict):
+    resources: Resources = Resources()
+
+
+class SFTConfig(Strict):
+    init_from: str = "bootstrap"        # a stage id; its final/ folder is the starting point
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_len: int = Field(256, ge=16)
+    save_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_max_tokens: int = Field(128, ge=1)
+    learner: dict = {}                  # overrides of the recipe's learner section for this stage
+    resources: Resources = Resources()
+    per_domain: dict[Domain, dict] = {}  # per-domain overrides of any field above
+
+    def for_domain(self, domain: str) -> "SFTConfig":
+        base = self.model_dump(exclude={"per_domain"})
+        base.update(self.per_domain.get(domain, {}))
+        return SFTConfig.model_validate(base)
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    model: ModelConfig = ModelConfig()
+    domains: list[Domain] = list(DOMAINS)
+    modes: list[Mode] = list(MODES)
+    tasks: dict[Domain, TaskSource] = {}
+    learner: LearnerConfig = LearnerConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    sft: SFTConfig | None = SFTConfig()
+
+    @field_validator("domains", "modes")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("must be a non-empty list without repeats")
+        return v
+
+    def task_source(self, domain: str) -> TaskSource:
+        return self.tasks.get(domain, TaskSource())
+
+    def learner_for(self, overrides: dict) -> LearnerConfig:
+        return LearnerConfig.model_validate({**self.learner.model_dump(), **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _apply_set(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        # stage-like keys (sft.math) are not nested: try the longest existing key first
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping")
+        node = node.setdefault(p, {})
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+    node[parts[-1]] = value
+
+
+def _fmt_loc(loc) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _first_error(err: ValidationError, source: str) -> RecipeError:
+    e = err.errors()[0]
+    loc = _fmt_loc(e["loc"])
+    if e["type"] == "extra_forbidden":
+        return RecipeError(f"{source}: unknown key {loc!r}")
+    if e["type"] == "missing":
+        return RecipeError(f"{source}: missing required key {loc!r}")
+    got = e.get("input")
+    got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return RecipeError(f"{source}: {loc}: {e['msg']}{got_s}{more}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: no such recipe file")
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder, not a recipe file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "cannot parse"
+        raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), check: bool = True) -> Recipe:
+    data = read_yaml(path)
+    for a in overrides:
+        _apply_set(data, a)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise _first_error(e, str(path)) from None
+    if check:
+        cross_check(recipe, str(path))
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cross-checks
+
+
+def _is_local(p: str) -> bool:
+    return p.startswith(("/", "./", "../", "~")) or os.path.exists(p)
+
+
+def _vocab_of_tokenizer(folder: str) -> int | None:
+    import json
+
+    f = Path(folder).expanduser() / "tokenizer.json"
+    if not f.exists():
+        return None
+    tok = json.loads(f.read_text())
+    vocab = tok.get("model", {}).get("vocab", {})
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [t["id"] for t in tok.get("added_tokens", [])]
+    return max(ids) + 1 if ids else 0
+
+
+def _vocab_of_model(folder: str) -> int | None:
+    import json
+
+    f = Path(folder).expanduser() / "config.json"
+    if not f.exists():
+        return None
+    cfg = json.loads(f.read_text())
+    return cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
+
+
+def check_vocab(model_path: str, tokenizer_path: str, where: str) -> None:
+    """Raise if the tokenizer has ids the model's embedding cannot hold (models may pad their vocab upward)."""
+    mv, tv = _vocab_of_model(model_path), _vocab_of_tokenizer(tokenizer_path)
+    if mv is not None and tv is not None and tv > mv:
+        raise RecipeError(f"{where}: vocabulary mismatch: tokenizer {tokenizer_path} has {tv} ids but model "
+                          f"{model_path} has vocab_size {mv}")
+
+
+def cross_check(recipe: Recipe, source: str, cluster: dict | None = None) -> None:
+    from .graph import build_graph
+
+    m = recipe.model
+    for key, p in (("model.path", m.path), ("model.tokenizer", m.tokenizer)):
+        if p and _is_local(p) and not Path(p).expanduser().exists():
+            raise RecipeError(f"{source}: {key}: no such file or folder {p!r}")
+    if m.path and _is_local(m.path):
+        for need in ("config.json",):
+            if not (Path(m.path).expanduser() / need).exists():
+                raise RecipeError(f"{source}: model.path: {m.path} has no {need} (not a Hugging Face model folder)")
+        check_vocab(m.path, m.tokenizer or m.path, f"{source}: model.tokenizer")
+    for dom, ts in recipe.tasks.items():
+        if dom not in recipe.domains:
+            raise RecipeError(f"{source}: tasks.{dom}: domain not in domains {recipe.domains}")
+        if ts.data_files and not Path(ts.data_files).expanduser().exists():
+            raise RecipeError(f"{source}: tasks.{dom}.data_files: no such file {ts.data_files!r}")
+        if ts.source != "generated" and _is_local(ts.source) and not Path(ts.source).expanduser().exists():
+            raise RecipeError(f"{source}: tasks.{dom}.source: no such file or folder {ts.source!r}")
+    try:
+        graph = build_graph(recipe)
+    except ValueError as e:
+        raise RecipeError(f"{source}: {e}") from None
+    cluster = cluster if cluster is not None else local_cluster(recipe)
+    if cluster:
+        for st in graph:
+            for res, need in (("CPU", st.resources.num_cpus), ("GPU", st.resources.num_gpus),
+                              *st.resources.custom.items()):
+                have = cluster.get(res, 0)
+                if need > have:
+                    raise RecipeError(f"{source}: {st.config_key}.resources: stage {st.id} needs {need:g} {res} "
+                                      f"but the cluster has {have:g}")
+
+
+def local_cluster(recipe: Recipe) -> dict | None:
+    """Resources of the local instance the runner would start; None when joining a cluster (checked at run time)."""
+    if recipe.ray.address:
+        return None
+    gpus = recipe.ray.num_gpus
+    if gpus is None:  # count NVIDIA devices without importing torch (validate must stay fast)
+        import glob
+
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+    return {"CPU": recipe.ray.num_cpus or os.cpu_count() or 1, "GPU": gpus}

@@ -1,0 +1,198 @@
+"""Runs a recipe's stage graph on Ray, one Ray task per stage, resuming whatever is on disk.
+
+A stage is skipped when its manifest says complete with the same config hash and input fingerprint; re-run (from
+scratch) when either changed or when forced; resumed from its last checkpoint when it was interrupted. Each stage
+runs in a Ray worker with the CPUs/GPUs it declares, so independent stages run concurrently as resources allow. A
+failing stage stops its dependants and lets unrelated stages finish.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import yaml
+
+from .core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
+from .graph import StageSpec, build_graph, dependants, fingerprints
+from .recipe import Recipe, RecipeError, cross_check
+
+
+def stage_status(run_dir: Path, stage_id: str) -> dict:
+    return Manifest(Path(run_dir) / stage_id).read()
+
+
+def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: str) -> dict:
+    """Body of the Ray task: runs one stage in its own worker process and writes its manifest."""
+    import pipeline.stages  # noqa: F401  (registers the stage kinds)
+    from .core.context import StageContext
+    from .core.registry import STAGE_KINDS
+
+    num_cpus = max(1, int(spec.resources.num_cpus))
+    try:
+        import torch
+
+        torch.set_num_threads(num_cpus)
+    except ImportError:
+        pass
+    stage_dir = Path(run_dir) / spec.id
+    ctx = StageContext(stage_id=spec.id, kind=spec.kind, dir=stage_dir, config=spec.config, recipe=recipe,
+                       deps={d: Path(run_dir) / d / "final" for d in spec.deps}, seed=recipe.seed,
+                       num_cpus=num_cpus, num_gpus=spec.resources.num_gpus, domain=spec.domain, mode=spec.mode)
+    m = ctx.manifest.read()
+    ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=spec.config_hash,
+                        inputs_hash=inputs_hash, started=m.get("started") or now(), finished=None, error=None,
+                        attempts=m.get("attempts", 0) + 1, pid=os.getpid(), deps=spec.deps,
+                        resources=spec.resources.model_dump(), domain=spec.domain, mode=spec.mode)
+    t0 = time.time()
+    try:
+        summary = STAGE_KINDS[spec.kind](ctx) or {}
+    except BaseException as e:
+        ctx.log.error("".join(traceback.format_exception(e)))
+        ctx.manifest.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                            finished=now())
+        raise
+    outputs = {"final": "final"} if ctx.final_dir.exists() else {}
+    ctx.manifest.update(status="complete", finished=now(), metrics=summary, outputs=outputs,
+                        token=uuid.uuid4().hex[:12], wall_s=round(time.time() - t0, 2))
+    return summary
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: str = "recipe", echo=print):
+        self.recipe, self.run_dir, self.recipe_path, self.echo = recipe, Path(run_dir), recipe_path, echo
+        self.graph = build_graph(recipe)
+        self.by_id = {s.id: s for s in self.graph}
+
+    def _check_ids(self, ids, flag) -> None:
+        for i in ids:
+            if i not in self.by_id:
+                raise RecipeError(f"{flag} {i}: no such stage (stages: {', '.join(self.by_id)})")
+
+    def select(self, only=(), from_=None) -> set[str]:
+        self._check_ids(only, "--only")
+        if from_:
+            self._check_ids([from_], "--from")
+            return dependants(self.graph, {from_})
+        return set(only) if only else set(self.by_id)
+
+    def _tokens(self) -> dict[str, str]:
+        return {s.id: stage_status(self.run_dir, s.id).get("token") for s in self.graph}
+
+    def up_to_date(self, spec: StageSpec, fp: str) -> bool:
+        m = stage_status(self.run_dir, spec.id)
+        return (m.get("status") == "complete" and m.get("config_hash") == spec.config_hash
+                and m.get("inputs_hash") == fp)
+
+    def run(self, only=(), from_=None, force=(), address=None) -> int:
+        import ray
+
+        selected = self.select(only, from_)
+        self._check_ids(force, "--force")
+        with RunLock(self.run_dir):
+            atomic_write_text(self.run_dir / "recipe.yaml",
+                              yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+            address = address or self.recipe.ray.address
+            init = dict(include_dashboard=False, logging_level="warning", log_to_driver=True)
+            if address:
+                ray.init(address=address, **init)
+                cross_check(self.recipe, self.recipe_path, cluster=ray.cluster_resources())
+            else:
+                ray.init(address="local", num_cpus=self.recipe.ray.num_cpus or os.cpu_count(),
+                         num_gpus=self.recipe.ray.num_gpus, **init)
+            try:
+                return self._loop(selected, set(force), ray)
+            finally:
+                ray.shutdown()
+
+    def _loop(self, selected: set[str], forced: set[str], ray) -> int:
+        remote = ray.remote(max_retries=0)(_execute_stage)
+        done: dict[str, str] = {}          # id -> complete | failed | skipped
+        running: dict = {}                 # ObjectRef -> (spec, t0)
+        t_start = time.time()
+        while True:
+            tokens = self._tokens()
+            fps = fingerprints(self.graph, tokens)
+            for spec in self.graph:
+                if spec.id in done or any(r[0].id == spec.id for r in running.values()):
+                    continue
+                if any(done.get(d) in ("failed", "skipped") for d in spec.deps):
+                    done[spec.id] = "skipped"
+                    if spec.id in selected:
+                        Manifest(self.run_dir / spec.id).update(id=spec.id, kind=spec.kind, status="skipped",
+                                                                error="a dependency failed")
+                    self.echo(f"[skip] {spec.id}: a dependency failed")
+                    continue
+                if not all(done.get(d) == "complete" for d in spec.deps):
+                    continue
+                fresh = spec.id in forced
+                if spec.id not in selected or (not fresh and self.up_to_date(spec, fps[spec.id])):
+                    if stage_status(self.run_dir, spec.id).get("status") != "complete":
+                        if spec.id not in selected:
+                            raise RecipeError(f"stage {spec.id} is needed by the selected stages but is not "
+                                              "complete; include it (--from/--only) or run the whole recipe")
+                    done[spec.id] = "complete"
+                    if spec.id in selected:
+                        self.echo(f"[done] {spec.id}: up to date, skipped")
+                    continue
+                self._prepare_dir(spec, fps[spec.id], fresh)
+                ref = remote.options(num_cpus=spec.resources.num_cpus, num_gpus=spec.resources.num_gpus,
+                                     resources=spec.resources.custom or None, name=spec.id
+                                     ).remote(spec, self.recipe, str(self.run_dir), fps[spec.id])
+                running[ref] = (spec, time.time())
+                self.echo(f"[start] {spec.id} ({spec.kind}; {spec.resources.num_cpus:g} CPU"
+                          f"{f', {spec.resources.num_gpus:g} GPU' if spec.resources.num_gpus else ''})")
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1)
+            spec, t0 = running.pop(ready[0])
+            try:
+                summary = ray.get(ready[0])
+                done[spec.id] = "complete"
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, (int, float)))[:300]
+                self.echo(f"[done] {spec.id} in {time.time() - t0:.0f}s {shown}")
+            except Exception as e:  # RayTaskError wraps the stage's exception
+                done[spec.id] = "failed"
+                err = stage_status(self.run_dir, spec.id).get("error") or str(e).splitlines()[-1]
+                self.echo(f"[FAIL] {spec.id}: {err} (log: {self.run_dir / spec.id / 'log.txt'})")
+        failed = [i for i, s in done.items() if s in ("failed", "skipped") and i in selected]
+        self.echo(f"run finished in {time.time() - t_start:.0f}s: "
+                  f"{sum(s == 'complete' for i, s in done.items() if i in selected)} complete, "
+                  f"{len(failed)} failed or skipped" + (f" ({', '.join(failed)})" if failed else ""))
+        return 1 if failed else 0
+
+    def _prepare_dir(self, spec: StageSpec, fp: str, fresh: bool) -> None:
+        """Keep an interrupted stage's folder (it resumes); clear one whose config or inputs changed."""
+        d = self.run_dir / spec.id
+        m = stage_status(self.run_dir, spec.id)
+        stale = m and (m.get("config_hash") != spec.config_hash or m.get("inputs_hash") != fp
+                       or m.get("status") == "complete")
+        if d.exists() and (fresh or stale):
+            trash = d.with_name(f".{spec.id}.stale-{time.time_ns()}")
+            os.replace(d, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            self.echo(f"[reset] {spec.id}: {'forced' if fresh else 'config or inputs changed'}; starting fresh")
+
+
+def status_rows(run_dir: Path) -> list[dict]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    order: list[str] = []
+    rec = run_dir / "recipe.yaml"
+    if rec.exists():
+        try:
+            order = [s.id for s in build_graph(Recipe.model_validate(yaml.safe_load(rec.read_text())))]
+        except Exception:
+            order = []
+    found = sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
+    rows = []
+    for sid in order + [f for f in found if f not in order]:
+        m = stage_status(run_dir, sid)
+        rows.append({"id": sid, "kind": m.get("kind", sid.split(".")[0]), "status": m.get("status", "pending"),
+                     "started": m.get("started"), "finished": m.get("finished"), "metrics": m.get("metrics", {}),
+                     "error": m.get("error")})
+    return rows

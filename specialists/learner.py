@@ -1,0 +1,229 @@
+"""The one learner every training stage uses: SFT, GRPO and distillation differ only by loss and data.
+
+Built on accelerate (fp32 or bf16 autocast; DeepSpeed ZeRO 1–3 when ``zero_stage > 0``). Optimizers: AdamW, or
+Muon (DeepSeek-V4's hybrid Newton–Schulz, ``specialists.muon``) on matrix parameters — including transformers 5's
+fused 3-D expert tensors — with AdamW on embeddings, the output head, norms, biases and router gates.
+
+Checkpoints hold everything resumption needs: weights, optimizer, scheduler, RNG states and the caller's own state
+(data position, step); see ``save`` / ``load``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .muon import HybridMuon
+
+# parameters that stay on AdamW under Muon: embeddings, output head, norms, biases, router gates
+ADAMW_ONLY = re.compile(r"(embed|lm_head|norm|\.bias$|\.gate\.weight$|router|wte|wpe)")
+
+
+def split_params(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(muon names, adamw names). Muon takes every matrix (ndim ≥ 2, 3-D experts included) not in ADAMW_ONLY."""
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (muon if p.ndim >= 2 and not ADAMW_ONLY.search(name) else adamw).append(name)
+    return muon, adamw
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
+    params = dict(model.named_parameters())
+    adam_kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=1e-8)
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW([p for p in params.values() if p.requires_grad], **adam_kw)]
+    muon_names, adam_names = split_params(model)
+    return [HybridMuon([params[n] for n in muon_names], lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
+            torch.optim.AdamW([params[n] for n in adam_names], **adam_kw)]
+
+
+def lr_lambda(cfg, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+    return f
+
+
+class _MultiOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one (Muon + AdamW), so accelerate and schedulers see a single object."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+        self.defaults = {}
+        self.state = {}
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, sd):
+        for o, s in zip(self.optimizers, sd["optimizers"]):
+            o.load_state_dict(s)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    metrics: dict
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Learner:
+    """Wraps a causal LM, its optimizer and schedule. ``step(loss_fn, micro_batches)`` is the only training entry."""
+
+    def __init__(self, model_dir: str | Path, cfg, total_steps: int, seed: int = 0):
+        from accelerate import Accelerator
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.total_steps = cfg, total_steps
+        seed_everything(seed)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model.config.use_cache = False
+        if cfg.qat == "mxfp4":
+            from rollout.fp4 import enable_qat
+
+            enable_qat(self.model)
+        plugin = None
+        if cfg.zero_stage > 0:
+            from accelerate.utils import DeepSpeedPlugin
+
+            for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
+                         ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+                os.environ.setdefault(k, v)
+            plugin = DeepSpeedPlugin(zero_stage=cfg.zero_stage, gradient_clipping=cfg.grad_clip or None)
+            plugin.deepspeed_config["zero_allow_untested_optimizer"] = True
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), deepspeed_plugin=plugin,
+                                       mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+        opts = build_optimizer(self.model, cfg)
+        optimizer = opts[0] if len(opts) == 1 else _MultiOptimizer(opts)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        self.step_count = 0
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def step(self, loss_fn: Callable, micro_batches: list[dict]) -> StepResult:
+        """One optimizer step over ``micro_batches`` (gradient accumulation).
+
+        ``loss_fn(model, mb) -> (loss_sum, metrics)`` returns a micro-batch's loss summed over its units (tokens
+        or sequences); each micro-batch carries ``mb["weight"]``, its number of units. The step minimises
+        Σ loss_sum / Σ weight, so the result does not depend on how a batch is split into micro-batches."""
+        self.model.train()
+        total = sum(float(mb["weight"]) for mb in micro_batches)
+        loss_acc, metrics_acc = 0.0, {}
+        for mb in micro_batches:
+            with self.accelerator.autocast():
+                loss_sum, metrics = loss_fn(self.model, mb)
+            self.accelerator.backward(loss_sum / max(total, 1e-9))
+            loss_acc += float(loss_sum.detach())
+            for k, v in metrics.items():
+                metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * float(mb["weight"]) / max(total, 1e-9)
+        grad_norm = 0.0
+        if self.cfg.grad_clip and self.accelerator.distributed_type.value != "DEEPSPEED":
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return StepResult(loss=loss_acc / max(total, 1e-9), grad_norm=grad_norm, lr=lr, metrics=metrics_acc)
+
+    # ------------------------------------------------------------------------------------------------- weights
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Clean (un-parametrized) weights, e.g. for weight sync to a rollout engine."""
+        model = self.unwrapped
+        if self.cfg.qat == "mxfp4":
+            from rollout.fp4 import master_state_dict
+
+            return master_state_dict(model)
+        return {k: v.detach() for k, v in model.state_dict().items()}
+
+    def save_pretrained(self, folder: Path, tokenizer=None) -> None:
+        """A Hugging Face folder (model + tokenizer) loadable by ``from_pretrained``."""
+        folder = Path(folder)
+        model = self.unwrapped
+        sd = self.state_dict()
+        model.save_pretrained(str(folder), state_dict=sd, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def save(self, folder: Path, extra: dict) -> None:
+        """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, ``extra``."""
+        folder = Path(folder)
+        if self.accelerator.distributed_type.value == "DEEPSPEED":
+            self.accelerator.save_state(str(folder / "accelerate"))
+        else:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.unwrapped.state_dict().items()},
+                      str(folder / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save({"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step_count},
+                   folder / "trainer_state.pt")
+        (folder / "extra.json").write_text(json.dumps(extra))
+
+    def load(self, folder: Path) -> dict:
+        folder = Path(folder)
+        if self.accelerator.distributed_type.value == "DEEPSPEED":
+            self.accelerator.load_state(str(folder / "accelerate"))
+        else:
+            from safetensors.torch import load_file
+
+            self.unwrapped.load_state_dict(load_file(str(folder / "model.safetensors")))
+            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        st = torch.load(folder / "trainer_state.pt", weights_only=False)
+        self.scheduler.load_state_dict(st["scheduler"])
+        set_rng_state(st["rng"])
+        self.step_count = st["step"]
+        return json.loads((folder / "extra.json").read_text())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
