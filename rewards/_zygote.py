@@ -134,6 +134,11 @@ def _recv():
     return None if body is None else json.loads(body)
 
 
+_BLOCKED_EVENTS = frozenset({"sys.settrace", "sys.setprofile", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
+                             "ctypes.addressof", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+                             "sys._current_frames", "sys._getframemodulename"})
+
+
 def _child(job, cfg, out_w, err_w, res_w, nonce_r):
     # --- trusted set-up, still root ---
     _exit, _write, _read = os._exit, os.write, os.read
@@ -179,6 +184,15 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
     except BaseException as e:  # noqa: BLE001 — a set-up failure is a failed test, reported
         _write(3, b"FAIL setup_error " + type(e).__name__.encode() + b" " + str(e)[:200].encode(errors="replace"))
         _exit(1)
+    # Audit hooks cannot be removed: block tracing/profiling (jumping over asserts), ctypes (memory writes) and
+    # gc walks (finding and patching the runner's pristine builtins); any attempt also marks the run tampered.
+    tampered = []
+
+    def _hook(event, args, _blocked=_BLOCKED_EVENTS, _t=tampered):
+        if event in _blocked:
+            _t.append(event)
+            raise RuntimeError(f"{event} is not allowed in the sandbox")
+    sys.addaudithook(_hook)
     # --- untrusted code from here on ---
     stage = b"program"
     try:
@@ -194,15 +208,18 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
         if not callable(check) or not callable(cand):
             _write(3, b"FAIL missing " + (b"check" if not callable(check) else b"entry_point"))
             _exit(1)
-        sys.settrace(None)
-        sys.setprofile(None)
         check(cand)
+        if tampered:
+            raise RuntimeError("tampered")
     except BaseException as e:  # noqa: BLE001 — includes SystemExit raised by the program
         try:
             name = type(e).__name__.encode()[:100]
         except BaseException:  # noqa: BLE001
             name = b"?"
         _write(3, b"FAIL " + stage + b" " + name)
+        _exit(1)
+    if tampered:
+        _write(3, b"FAIL tampered " + tampered[0].encode())
         _exit(1)
     nonce = _read(4, 64)
     _write(3, b"PASS " + nonce)
@@ -235,6 +252,29 @@ def _reap():
             return
         if pid == 0:
             return
+
+
+def _uid_procs(uid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat("/proc/" + name).st_uid == uid:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def _clear_uid(uid, timeout=3.0):
+    """Kill and reap until no process of the sandbox uid is left (zombies included)."""
+    end = time.monotonic() + timeout
+    while True:
+        _sweep(uid)
+        _reap()
+        if not _uid_procs(uid) or time.monotonic() > end:
+            return
+        time.sleep(0.005)
 
 
 def run_job(job, cfg):
@@ -292,13 +332,12 @@ def run_job(job, cfg):
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _sweep(cfg["uid"])
     if exited is None:
         try:
             _, exited = os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    _reap()
+    _clear_uid(cfg["uid"])
     for fd in bufs:
         os.close(fd)
     shutil.rmtree("/tmp/job", ignore_errors=True)
