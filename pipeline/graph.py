@@ -106,3 +106,15 @@ def dependants(graph: list[StageSpec], roots: set[str]) -> set[str]:
                 out.add(s.id)
                 changed = True
     return out
+
+
+def ancestors(graph: list[StageSpec], roots: set[str]) -> set[str]:
+    """``roots`` and every stage they depend on, directly or not."""
+    by_id = {s.id: s for s in graph}
+    out, todo = set(), list(roots)
+    while todo:
+        i = todo.pop()
+        if i not in out:
+            out.add(i)
+            todo.extend(by_id[i].deps)
+    return out

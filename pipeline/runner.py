@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
-from .graph import StageSpec, build_graph, dependants, fingerprints
+from .graph import StageSpec, ancestors, build_graph, dependants, fingerprints
 from .recipe import Recipe, RecipeError, cross_check
 
 
@@ -110,6 +110,7 @@ class Runner:
 
     def _loop(self, selected: set[str], forced: set[str], ray) -> int:
         remote = ray.remote(max_retries=0)(_execute_stage)
+        needed = ancestors(self.graph, selected)
         done: dict[str, str] = {}          # id -> complete | failed | skipped
         running: dict = {}                 # ObjectRef -> (spec, t0)
         t_start = time.time()
@@ -117,7 +118,7 @@ class Runner:
             tokens = self._tokens()
             fps = fingerprints(self.graph, tokens)
             for spec in self.graph:
-                if spec.id in done or any(r[0].id == spec.id for r in running.values()):
+                if spec.id in done or spec.id not in needed or any(r[0].id == spec.id for r in running.values()):
                     continue
                 if any(done.get(d) in ("failed", "skipped") for d in spec.deps):
                     done[spec.id] = "skipped"

@@ -1,0 +1,70 @@
+"""Multi-turn tool rollouts for the agent domain, append-only at the token level.
+
+Each episode: the model writes a turn; if it holds a tool call, the environment (``rewards.envs``) answers, the
+observation segment and the next generation prompt are appended as token ids, and generation continues until a
+turn without a tool call (the final answer), a turn cut by the length limit, or the turn cap. Earlier turns are
+never re-tokenized; ``loss_mask`` marks the model's own tokens only, and ``logprobs`` holds the sampler's log-prob
+of each of them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from rewards.envs import InventoryEnv, parse_tool_calls
+
+from .encoding import encode_segment, generation_prompt
+from .engine import SamplingParams
+
+
+@dataclass
+class Episode:
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)         # everything after the prompt
+    loss_mask: list[int] = field(default_factory=list)   # 1 = written by the model
+    logprobs: list[float] = field(default_factory=list)  # one per model token, in order
+    sampling_mask: list = field(default_factory=list)    # Keep-Sampling-Mask entries, one per model token
+    turns: int = 0
+    finish_reason: str = "length"
+    done: bool = False
+
+    @property
+    def n_model_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mode: str,
+                 params: SamplingParams, max_turns: int | None = None) -> list[Episode]:
+    """One episode per (prompt, sample); ``params.n`` must be 1 (repeat samples for groups)."""
+    if params.n != 1:
+        raise ValueError("run_episodes samples one completion per episode; repeat the prompts for groups")
+    envs = [InventoryEnv.from_state(json.loads(s["initial_state"])) for s in samples]
+    eps = [Episode(prompt_ids=list(p)) for p in prompts]
+    caps = [max_turns or int(s.get("max_turns", 4)) for s in samples]
+    next_prompt = generation_prompt(tok, mode)
+    while True:
+        active = [i for i, e in enumerate(eps) if not e.done]
+        if not active:
+            return eps
+        outs = engine.generate([eps[i].prompt_ids + eps[i].ids for i in active], params)
+        for i, comps in zip(active, outs):
+            c, e = comps[0], eps[i]
+            e.ids += c.token_ids
+            e.loss_mask += [1] * len(c.token_ids)
+            e.logprobs += c.logprobs
+            e.sampling_mask += c.sampling_mask or [None] * len(c.token_ids)
+            e.turns += 1
+            calls = parse_tool_calls(c.text)
+            if c.finish_reason != "stop" or not calls or e.turns >= caps[i]:
+                e.done = True
+                e.finish_reason = ("length" if c.finish_reason != "stop" else "stop" if not calls else "turn_cap")
+                continue
+            obs = "\n".join(envs[i].call(call) for call in calls)
+            seg, _ = encode_segment(tok, "tool", obs, mode)
+            e.ids += seg + next_prompt
+            e.loss_mask += [0] * (len(seg) + len(next_prompt))
+
+
+def transcript(tok, episode: Episode) -> str:
+    """The text after the prompt (assistant turns and tool observations with their markers), for the verifier."""
+    return tok.decode(episode.ids, skip_special_tokens=False)
