@@ -14,7 +14,25 @@ from dataclasses import dataclass, field
 
 from .chat import END_TOOL_CALL, TOOL_CALL
 
-_CALL_RE = re.compile(re.escape(TOOL_CALL) + r"(.*?)" + re.escape(END_TOOL_CALL), re.S)
+_CALL_RE = re.compile(re.escape(TOOL_CALL) + r"(.*?)" + re.escape(END_TOOL_CALL), re.S)  # kept for callers
+MAX_CALLS_PER_TURN = 8      # more calls in one turn are answered with an error observation each
+MAX_CALL_CHARS = 4096       # a call body longer than this is malformed (no JSON parse of megabytes)
+MAX_ITEM_CHARS = 64
+MAX_ITEMS = 256
+
+
+def _call_bodies(text: str) -> tuple[list[str], bool]:
+    """Bodies of ``<tool_call>…</tool_call>`` in order (linear scan) and whether an unclosed one remains."""
+    bodies, pos = [], 0
+    while True:
+        i = text.find(TOOL_CALL, pos)
+        if i < 0:
+            return bodies, False
+        j = text.find(END_TOOL_CALL, i + len(TOOL_CALL))
+        if j < 0:
+            return bodies, True
+        bodies.append(text[i + len(TOOL_CALL):j])
+        pos = j + len(END_TOOL_CALL)
 
 
 @dataclass
@@ -27,10 +45,17 @@ class ToolCall:
 def parse_tool_calls(text: str) -> list[ToolCall]:
     """Every ``<tool_call>`` block in ``text``, in order; malformed ones carry ``error``."""
     calls = []
-    for raw in _CALL_RE.findall(text):
+    bodies, unclosed = _call_bodies(text)
+    for n, raw in enumerate(bodies):
+        if n >= MAX_CALLS_PER_TURN:
+            calls.append(ToolCall(None, {}, f"too many tool calls in one turn (max {MAX_CALLS_PER_TURN})"))
+            continue
+        if len(raw) > MAX_CALL_CHARS:
+            calls.append(ToolCall(None, {}, f"malformed tool call: longer than {MAX_CALL_CHARS} characters"))
+            continue
         try:
             obj = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, int-digit limit, too deep
             calls.append(ToolCall(None, {}, f"malformed tool call: {e.__class__.__name__}"))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
@@ -41,7 +66,7 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
             calls.append(ToolCall(obj["name"], {}, "malformed tool call: 'arguments' must be an object"))
             continue
         calls.append(ToolCall(obj["name"], args))
-    if TOOL_CALL in text and not calls:
+    if unclosed:
         calls.append(ToolCall(None, {}, "malformed tool call: unclosed <tool_call>"))
     return calls
 
@@ -78,8 +103,8 @@ class InventoryEnv:
         if set(call.arguments) != set(want):
             return f"error: {call.name} takes arguments {', '.join(want)}"
         item = call.arguments["item"]
-        if not isinstance(item, str):
-            return "error: item must be a string"
+        if not isinstance(item, str) or not item or len(item) > MAX_ITEM_CHARS:
+            return f"error: item must be a non-empty string of at most {MAX_ITEM_CHARS} characters"
         stock, price = self.state["stock"], self.state["price"]
         if call.name == "get_stock":
             return str(stock.get(item, 0))
@@ -88,6 +113,9 @@ class InventoryEnv:
         num = call.arguments.get("qty", call.arguments.get("price"))
         if not isinstance(num, int) or isinstance(num, bool) or num < 0 or num > 10**6:
             return "error: quantity must be a non-negative integer"
+        known = item in stock or item in price
+        if not known and call.name in ("add_stock", "set_price") and len(set(stock) | set(price)) >= MAX_ITEMS:
+            return "error: too many items"
         if call.name == "add_stock":
             stock[item] = stock.get(item, 0) + num
             return f"ok: {item} stock is {stock[item]}"

@@ -1,0 +1,462 @@
+"""Instruction-following verifier: IFEval's 25 instruction types, strict and loose, all-or-nothing and fraction.
+
+Offline and deterministic, unlike the reference code in three ways (see docs/rewards.md):
+  * a missing or ``None`` argument makes that check **fail** (``error: missing argument``) — never a random threshold;
+  * language detection is an offline script + stop-word heuristic that returns ``None`` when unsure, and an
+    undetected language **fails** the check (the reference returns True when detection raises);
+  * sentences are counted by our own splitter (no NLTK punkt data).
+
+Sample fields: ``instruction_id_list`` and ``kwargs`` (one dict per instruction). Optional ``ifeval_scoring`` picks
+the score among ``strict_all`` (default), ``strict_fraction``, ``loose_all``, ``loose_fraction``; all four are
+always reported in ``details``. ``repeat_prompt`` without ``prompt_to_repeat`` falls back to the sample's ``prompt``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Callable
+
+from .base import Verdict, answer_part, fail, register_verifier
+
+SCORINGS = ("strict_all", "strict_fraction", "loose_all", "loose_fraction")
+
+
+class MissingArgument(Exception):
+    pass
+
+
+def _arg(kw: dict, name: str, kind=None):
+    v = kw.get(name)
+    if v is None:
+        raise MissingArgument(name)
+    if kind is int:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise MissingArgument(f"{name} (not an integer)")
+        return int(v)
+    if kind is str and not isinstance(v, str):
+        raise MissingArgument(f"{name} (not a string)")
+    return v
+
+
+def _relation(kw: dict, name: str) -> str:
+    rel = _arg(kw, name, str)
+    if rel not in ("less than", "at least"):
+        raise MissingArgument(f"{name} must be 'less than' or 'at least'")
+    return rel
+
+
+def _compare(count: int, rel: str, n: int) -> bool:
+    return count < n if rel == "less than" else count >= n
+
+
+# ---------------------------------------------------------------- text utilities (no NLTK)
+_ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "u.s", "u.k", "inc", "ltd",
+           "co", "no", "fig", "al", "approx", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+           "sept", "oct", "nov", "dec", "mt", "ave", "gen", "col", "lt", "sgt", "capt", "gov", "rev", "a.m", "p.m"}
+_SENT_END = re.compile(r"([.!?。！？]+)([\"'”’)\]]*)(\s+|$)")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences: split after . ! ? (and CJK marks) followed by space/end, not after abbreviations or initials;
+    blank lines and line-broken list items also end a sentence. Segments without a letter or digit are dropped."""
+    out = []
+    for block in re.split(r"\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)", text):
+        start = 0
+        for m in _SENT_END.finditer(block):
+            end = m.end()
+            if m.group(1) == ".":
+                before = block[start:m.start()].split()
+                last = before[-1].lower().strip("(\"'") if before else ""
+                nxt = block[end:end + 1]
+                if last in _ABBREV or re.fullmatch(r"[a-z]", last) or (nxt and nxt.islower()):
+                    continue
+            out.append(block[start:end].strip())
+            start = end
+        out.append(block[start:].strip())
+    return [s for s in out if any(c.isalnum() for c in s)]
+
+
+def count_words(text: str) -> int:
+    return len(re.findall(r"\w+", text))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)?", text)
+
+
+# ---------------------------------------------------------------- offline language detection (fails closed)
+_STOP = {
+    "en": "the and is are was were to of in that it for on with as this be have not you they at by from but or an "
+          "what all can we there their which will would has had been one do if about so",
+    "es": "el la los las de que y en un una es por con para no se su al lo como más pero sus le ya o este sí porque "
+          "esta entre cuando muy sin sobre también me hasta hay donde quien desde todo nos durante",
+    "fr": "le la les de des et est un une du en que qui dans pour pas sur au avec ce il elle ne se plus par son sont "
+          "mais ou nous vous ont cette être aux leur très été",
+    "de": "der die das und ist nicht ein eine zu den von mit sich des auf für im dem auch es an als wird bei er sie "
+          "sind noch wie einem über einen so zum war haben nur oder aber vor zur bis mehr durch man",
+    "it": "il la di che e è un una per non in del della le sono con si da gli lo ma come anche al più nel questo "
+          "dei alla molto essere ha hanno",
+    "pt": "o a os as de que e do da em um uma para com não é se na por mais dos como mas ao ele das foi seu sua ou "
+          "quando muito nos já está também só pelo pela até isso ela entre",
+    "nl": "de het een en van is dat op te in niet zijn voor met die er aan ook als maar om dan wat bij nog wel door "
+          "geen hij ze",
+    "sv": "och att det som en på är av för med till den har de inte om ett men var jag så från sig när vi kan",
+    "da": "og at det som en på er af for med til den har de ikke om et men var jeg så fra sig når vi kan",
+    "no": "og at det som en på er av for med til den har de ikke om et men var jeg så fra seg når vi kan",
+    "fi": "ja on ei se että hän oli ovat kun mutta tai myös joka ole mitä sen niin kuin vain tämä",
+    "pl": "i w nie na się z do że jest to jak ale o co po tak dla od być są jego przez tylko czy",
+    "tr": "ve bir bu da de için ile çok ne daha gibi ama olarak var değil mi ki sonra kadar her en",
+    "id": "yang dan di ini itu dengan untuk tidak dari dalam akan pada juga ke ada adalah bisa oleh",
+    "sw": "na ya wa kwa ni za katika la kuwa hii cha vya au lakini pia sana kama",
+    "vi": "và của là có không những được các cho người một trong với này đã khi như để",
+    "ro": "și în de la nu este o un că cu pe care mai din pentru sunt se ca",
+    "cs": "a se v na je že to s z o do jako ale pro by jsou tak",
+}
+_STOPSETS = {k: set(v.split()) for k, v in _STOP.items()}
+_DEVANAGARI_STOP = {"hi": {"है", "के", "में", "और", "की", "से", "को", "का", "हैं", "यह", "पर", "नहीं"},
+                    "mr": {"आहे", "आणि", "च्या", "या", "हे", "ते", "आहेत", "म्हणून", "नाही", "होते"},
+                    "ne": {"छ", "र", "हो", "को", "मा", "पनि", "गर्न", "छन्", "थियो", "भएको"}}
+
+
+def _script(ch: str) -> str | None:
+    if not ch.isalpha():
+        return None
+    o = ord(ch)
+    if o < 0x250 or 0x1E00 <= o < 0x1F00:
+        return "Latin"
+    try:
+        name = unicodedata.name(ch)
+    except ValueError:
+        return None
+    for s in ("CYRILLIC", "GREEK", "ARABIC", "HEBREW", "DEVANAGARI", "BENGALI", "GURMUKHI", "GUJARATI", "TAMIL",
+              "TELUGU", "KANNADA", "MALAYALAM", "THAI", "HANGUL", "HIRAGANA", "KATAKANA", "CJK", "GEORGIAN",
+              "ARMENIAN", "ETHIOPIC", "SINHALA", "KHMER", "LAO", "MYANMAR"):
+        if name.startswith(s):
+            return s
+    return None
+
+
+_SCRIPT_LANG = {"GREEK": "el", "HEBREW": "he", "BENGALI": "bn", "GURMUKHI": "pa", "GUJARATI": "gu", "TAMIL": "ta",
+                "TELUGU": "te", "KANNADA": "kn", "MALAYALAM": "ml", "THAI": "th", "HANGUL": "ko", "GEORGIAN": "ka",
+                "ARMENIAN": "hy", "ETHIOPIC": "am", "SINHALA": "si", "KHMER": "km", "LAO": "lo", "MYANMAR": "my"}
+
+
+def detect_language(text: str) -> str | None:
+    """ISO 639-1 code of ``text``'s language, or None when it cannot be told reliably (callers must fail)."""
+    counts: dict[str, int] = {}
+    for ch in text:
+        s = _script(ch)
+        if s:
+            counts[s] = counts.get(s, 0) + 1
+    total = sum(counts.values())
+    if total < 10:
+        return None
+    script, n = max(counts.items(), key=lambda kv: kv[1])
+    if script in ("HIRAGANA", "KATAKANA", "CJK"):
+        kana = counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0)
+        han = counts.get("CJK", 0)
+        if (kana + han) / total < 0.6:
+            return None
+        return "ja" if kana >= 0.05 * (kana + han) else "zh"
+    if n / total < 0.6:
+        return None
+    if script in _SCRIPT_LANG:
+        return _SCRIPT_LANG[script]
+    if script == "CYRILLIC":
+        return "uk" if re.search(r"[іїєґІЇЄҐ]", text) else "ru"
+    if script == "ARABIC":
+        if re.search(r"[ٹڈڑںےھ]", text):
+            return "ur"
+        if re.search(r"[پچژگیک]", text):
+            return "fa"
+        return "ar"
+    words = [w.lower() for w in _words(text)]
+    if script == "DEVANAGARI":
+        hits = {k: sum(w in v for w in words) for k, v in _DEVANAGARI_STOP.items()}
+        return _best(hits, len(words))
+    hits = {k: sum(w in v for w in words) for k, v in _STOPSETS.items()}
+    return _best(hits, len(words))
+
+
+def _best(hits: dict, n_words: int) -> str | None:
+    ranked = sorted(hits.items(), key=lambda kv: -kv[1])
+    (lang, h1), h2 = ranked[0], ranked[1][1] if len(ranked) > 1 else 0
+    if n_words < 3 or h1 < 2 or h1 / n_words < 0.08 or h1 < 1.3 * h2:
+        return None
+    # Danish and Norwegian share most function words: accept either when they tie with each other
+    return lang
+
+
+# ---------------------------------------------------------------- the 25 checkers: fn(response, kwargs, sample)
+CHECKERS: dict[str, Callable[[str, dict, dict], bool]] = {}
+
+
+def checker(iid: str):
+    def deco(fn):
+        CHECKERS[iid] = fn
+        return fn
+    return deco
+
+
+@checker("keywords:existence")
+def _existence(r, kw, s):
+    keywords = _arg(kw, "keywords")
+    if not isinstance(keywords, list) or not keywords:
+        raise MissingArgument("keywords")
+    return all(re.search(re.escape(str(k)), r, re.I) for k in keywords)
+
+
+@checker("keywords:frequency")
+def _frequency(r, kw, s):
+    word, n, rel = _arg(kw, "keyword", str), _arg(kw, "frequency", int), _relation(kw, "relation")
+    return _compare(len(re.findall(re.escape(word), r, re.I)), rel, n)
+
+
+@checker("keywords:forbidden_words")
+def _forbidden(r, kw, s):
+    words = _arg(kw, "forbidden_words")
+    if not isinstance(words, list):
+        raise MissingArgument("forbidden_words")
+    return not any(re.search(r"\b" + re.escape(str(w)) + r"\b", r, re.I) for w in words)
+
+
+@checker("keywords:letter_frequency")
+def _letter_freq(r, kw, s):
+    letter, n, rel = _arg(kw, "letter", str), _arg(kw, "let_frequency", int), _relation(kw, "let_relation")
+    if len(letter) != 1:
+        raise MissingArgument("letter (must be one character)")
+    return _compare(r.lower().count(letter.lower()), rel, n)
+
+
+@checker("language:response_language")
+def _language(r, kw, s):
+    want = _arg(kw, "language", str).lower()
+    return detect_language(r) == want
+
+
+@checker("length_constraints:number_sentences")
+def _n_sentences(r, kw, s):
+    n, rel = _arg(kw, "num_sentences", int), _relation(kw, "relation")
+    return _compare(len(split_sentences(r)), rel, n)
+
+
+@checker("length_constraints:number_paragraphs")
+def _n_paragraphs(r, kw, s):
+    n = _arg(kw, "num_paragraphs", int)
+    parts = re.split(r"\s?\*\*\*\s?", r)
+    count = len(parts)
+    for i, p in enumerate(parts):
+        if not p.strip():
+            if i == 0 or i == len(parts) - 1:
+                count -= 1
+            else:
+                return False
+    return count == n
+
+
+@checker("length_constraints:number_words")
+def _n_words(r, kw, s):
+    n, rel = _arg(kw, "num_words", int), _relation(kw, "relation")
+    return _compare(count_words(r), rel, n)
+
+
+@checker("length_constraints:nth_paragraph_first_word")
+def _nth_first_word(r, kw, s):
+    n, nth, first = _arg(kw, "num_paragraphs", int), _arg(kw, "nth_paragraph", int), _arg(kw, "first_word", str)
+    paragraphs = [p for p in re.split(r"\n\n", r)]
+    count = sum(1 for p in paragraphs if p.strip())
+    if count != n or not 1 <= nth <= len(paragraphs):
+        return False
+    para = [p for p in paragraphs if p.strip()][nth - 1].strip()
+    if not para:
+        return False
+    word = para.split()[0].strip()
+    word = re.sub(r"^[\W_]+|[\W_]+$", "", word).lower()
+    return word == first.strip().lower()
+
+
+@checker("detectable_content:number_placeholders")
+def _placeholders(r, kw, s):
+    return len(re.findall(r"\[.*?\]", r)) >= _arg(kw, "num_placeholders", int)
+
+
+@checker("detectable_content:postscript")
+def _postscript(r, kw, s):
+    marker = _arg(kw, "postscript_marker", str).strip()
+    low = r.lower()
+    if marker == "P.P.S":
+        pat = r"\s*p\.\s?p\.\s?s.*$"
+    elif marker == "P.S.":
+        pat = r"\s*p\.\s?s\..*$"
+    else:
+        pat = r"\s*" + re.escape(marker.lower()) + r".*$"
+    return bool(marker) and bool(re.findall(pat, low, flags=re.M))
+
+
+@checker("detectable_format:number_bullet_lists")
+def _bullets(r, kw, s):
+    n = _arg(kw, "num_bullets", int)
+    stars = re.findall(r"^\s*\*[^\*].*$", r, flags=re.M)
+    dashes = re.findall(r"^\s*-.*$", r, flags=re.M)
+    return len(stars) + len(dashes) == n
+
+
+@checker("detectable_format:constrained_response")
+def _constrained(r, kw, s):
+    return any(opt in r.strip() for opt in ("My answer is yes.", "My answer is no.", "My answer is maybe."))
+
+
+@checker("detectable_format:number_highlighted_sections")
+def _highlights(r, kw, s):
+    n = _arg(kw, "num_highlights", int)
+    count = sum(1 for h in re.findall(r"\*[^\n\*]*\*", r) if h.strip("*").strip())
+    count += sum(1 for h in re.findall(r"\*\*[^\n\*]*\*\*", r) if h.removeprefix("**").removesuffix("**").strip())
+    return count >= n
+
+
+@checker("detectable_format:multiple_sections")
+def _sections(r, kw, s):
+    splitter, n = _arg(kw, "section_spliter", str).strip(), _arg(kw, "num_sections", int)
+    if not splitter:
+        raise MissingArgument("section_spliter")
+    parts = re.split(r"\s?" + re.escape(splitter) + r"\s?\d+\s?", r)
+    return len(parts) - 1 >= n
+
+
+@checker("detectable_format:json_format")
+def _json(r, kw, s):
+    v = r.strip()
+    for p in ("```json", "```Json", "```JSON", "```"):
+        if v.startswith(p):
+            v = v[len(p):]
+            break
+    v = v.removesuffix("```").strip()
+    try:
+        json.loads(v)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+@checker("detectable_format:title")
+def _title(r, kw, s):
+    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", r))
+
+
+@checker("combination:two_responses")
+def _two_responses(r, kw, s):
+    parts = r.split("******")
+    valid = []
+    for i, p in enumerate(parts):
+        if not p.strip():
+            if i not in (0, len(parts) - 1):
+                return False
+        else:
+            valid.append(p)
+    return len(valid) == 2 and valid[0].strip() != valid[1].strip()
+
+
+@checker("combination:repeat_prompt")
+def _repeat_prompt(r, kw, s):
+    p = kw.get("prompt_to_repeat")
+    if p is None:
+        p = s.get("prompt")
+    if not isinstance(p, str) or not p.strip():
+        raise MissingArgument("prompt_to_repeat")
+    return r.strip().lower().startswith(p.strip().lower())
+
+
+@checker("startend:end_checker")
+def _end(r, kw, s):
+    phrase = _arg(kw, "end_phrase", str).strip().lower()
+    return bool(phrase) and r.strip().strip('"').lower().endswith(phrase)
+
+
+@checker("startend:quotation")
+def _quotation(r, kw, s):
+    v = r.strip()
+    return len(v) > 1 and v[0] == '"' and v[-1] == '"'
+
+
+@checker("change_case:capital_word_frequency")
+def _capital_freq(r, kw, s):
+    n, rel = _arg(kw, "capital_frequency", int), _relation(kw, "capital_relation")
+    words = re.findall(r"\b\w+\b", r)
+    return _compare(sum(1 for w in words if w.isupper()), rel, n)
+
+
+@checker("change_case:english_capital")
+def _english_capital(r, kw, s):
+    return r.isupper() and detect_language(r) == "en"
+
+
+@checker("change_case:english_lowercase")
+def _english_lower(r, kw, s):
+    return r.islower() and detect_language(r) == "en"
+
+
+@checker("punctuation:no_comma")
+def _no_comma(r, kw, s):
+    return "," not in r
+
+
+assert len(CHECKERS) == 25, len(CHECKERS)
+
+
+# ---------------------------------------------------------------- scoring
+def loose_variants(response: str) -> list[str]:
+    """IFEval's loose variants: drop the first and/or last line, and/or remove markdown asterisks."""
+    lines = response.split("\n")
+    base = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    return [v for v in base + [b.replace("*", "") for b in base] if v.strip()]
+
+
+def evaluate(response: str, ids: list, kwargs: list, sample: dict | None = None) -> dict:
+    """Per-instruction strict and loose results plus the four scores."""
+    sample = sample or {}
+    strict, loose, errors = [], [], {}
+    variants = loose_variants(response)
+    for i, iid in enumerate(ids):
+        kw = kwargs[i] if i < len(kwargs) and isinstance(kwargs[i], dict) else {}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        fn = CHECKERS.get(iid)
+        if fn is None:
+            errors[iid] = "unknown instruction"
+            strict.append(False)
+            loose.append(False)
+            continue
+        try:
+            st = bool(response.strip()) and fn(response, kw, sample)
+            lo = st or any(fn(v, kw, sample) for v in variants)
+        except MissingArgument as e:
+            errors[iid] = f"missing argument: {e}"
+            st = lo = False
+        strict.append(bool(st))
+        loose.append(bool(lo))
+    n = max(len(ids), 1)
+    return {"strict": strict, "loose": loose, "errors": errors,
+            "strict_all": float(bool(ids) and all(strict)), "strict_fraction": sum(strict) / n,
+            "loose_all": float(bool(ids) and all(loose)), "loose_fraction": sum(loose) / n}
+
+
+@register_verifier("instruct", isolation="worker")
+def verify_instruct(completion: str, sample: dict, mode: str) -> Verdict:
+    answer, ok, err = answer_part(completion, mode)
+    if not ok:
+        return fail(err, format_ok=False)
+    ids = sample.get("instruction_id_list")
+    kwargs = sample.get("kwargs") or []
+    if not isinstance(ids, list) or not ids:
+        return fail("sample has no instruction_id_list", format_ok=True)
+    if not isinstance(kwargs, list):
+        return fail("kwargs must be a list of objects", format_ok=True)
+    scoring = sample.get("ifeval_scoring") or "strict_all"
+    if scoring not in SCORINGS:
+        return fail(f"unknown ifeval_scoring {scoring!r}", format_ok=True)
+    res = evaluate(answer, ids, kwargs, sample)
+    failed = [iid for iid, ok_ in zip(ids, res["loose" if scoring.startswith("loose") else "strict"]) if not ok_]
+    details = {"format_ok": True, "extracted": answer[:500], "failed_checks": failed, "scoring": scoring,
+               "error": "; ".join(f"{k}: {v}" for k, v in res["errors"].items()) or None,
+               **{k: res[k] for k in SCORINGS}}
+    return Verdict(res[scoring], details)
