@@ -263,3 +263,17 @@ def test_export_dense_loads_through_transformers_model_compressor(dense, tmp_pat
     fp4 = quantized_state_dict(dense)
     for name in select_targets(dense):
         assert torch.equal(sd[name], fp4[name].bfloat16()), name
+
+
+def test_export_moe_loads_fused_through_transformers_decompress_experts(moe, tmp_path):
+    """transformers 5 re-fuses the per-expert MXFP4 tensors on load, decompressing each with compressed-tensors'
+    MXFP4 compressor (``DecompressExperts``): the fused experts equal our FP4 weights bitwise."""
+    from rollout.export import export_mxfp4_checkpoint
+
+    export_mxfp4_checkpoint(moe, None, tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=transformers.CompressedTensorsConfig(dequantize=True))
+    sd = loaded.state_dict()
+    fp4 = quantized_state_dict(moe)
+    for name in select_targets(moe):
+        assert sd[name].shape == fp4[name].shape and torch.equal(sd[name], fp4[name].bfloat16()), name
