@@ -269,12 +269,12 @@ def _uid_procs(uid):
 def _clear_uid(uid, timeout=3.0):
     """Kill and reap until no process of the sandbox uid is left (zombies included)."""
     end = time.monotonic() + timeout
-    while True:
+    _reap()
+    while _uid_procs(uid) and time.monotonic() < end:
         _sweep(uid)
         _reap()
-        if not _uid_procs(uid) or time.monotonic() > end:
-            return
-        time.sleep(0.005)
+        if _uid_procs(uid):
+            time.sleep(0.005)
 
 
 def run_job(job, cfg):
