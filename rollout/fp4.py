@@ -47,6 +47,7 @@ __all__ = [
     "qat_targets",
     "master_state_dict",
     "quantized_state_dict",
+    "clean_param_name",
 ]
 
 BLOCK = 32
@@ -188,6 +189,9 @@ _PARAM_RE = re.compile(r"\.?parametrizations\.([^.]+)\.original$")
 def _clean_name(name: str) -> str:
     """``a.parametrizations.w.original`` -> ``a.w`` (names as if no parametrization were registered)."""
     return _PARAM_RE.sub(lambda m: ("." if m.group(0).startswith(".") else "") + m.group(1), name)
+
+
+clean_param_name = _clean_name
 
 
 def _clean_named_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
