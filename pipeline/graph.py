@@ -40,8 +40,7 @@ def build_graph(recipe: Recipe) -> list[StageSpec]:
     model = recipe.model.model_dump()
     stages: list[StageSpec] = [StageSpec(
         "bootstrap", "bootstrap", [], recipe.bootstrap, recipe.bootstrap.resources, "bootstrap",
-        hashed={"model": model, "seed": recipe.seed, "domains": recipe.domains,
-                "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}})]
+        hashed={"model": model, "seed": recipe.seed})]
     if recipe.sft is not None:
         for d in recipe.domains:
             cfg = recipe.sft.for_domain(d)

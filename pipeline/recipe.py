@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DOMAINS = ("math", "code", "agent", "instruct")
 MODES = ("non_think", "think_high", "think_max")
@@ -104,6 +104,17 @@ class SFTConfig(Strict):
     resources: Resources = Resources()
     per_domain: dict[Domain, dict] = {}  # per-domain overrides of any field above
 
+    @model_validator(mode="after")
+    def _check_overrides(self):
+        for d in self.per_domain:
+            try:
+                self.for_domain(d)
+            except ValidationError as e:
+                err = e.errors()[0]
+                what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                raise ValueError(f"per_domain.{d}.{_fmt_loc(err['loc'])}: {what}") from None
+        return self
+
     def for_domain(self, domain: str) -> "SFTConfig":
         base = self.model_dump(exclude={"per_domain"})
         base.update(self.per_domain.get(domain, {}))
@@ -174,7 +185,8 @@ def _first_error(err: ValidationError, source: str) -> RecipeError:
     got = e.get("input")
     got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return RecipeError(f"{source}: {loc}: {e['msg']}{got_s}{more}")
+    msg = e["msg"].removeprefix("Value error, ")
+    return RecipeError(f"{source}: {loc}: {msg}{got_s}{more}")
 
 
 def read_yaml(path: str | Path) -> dict:

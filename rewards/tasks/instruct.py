@@ -37,7 +37,8 @@ CLASHES = [{"change_case:english_lowercase", "change_case:english_capital"},
            {"change_case:english_lowercase", "startend:end_checker"},
            {"change_case:english_capital", "startend:end_checker"},
            {"startend:quotation", "startend:end_checker"},
-           {"startend:quotation", "detectable_content:postscript"}]
+           {"startend:quotation", "detectable_content:postscript"},
+           {"startend:end_checker", "detectable_content:postscript"}]
 
 
 def _kwargs(iid: str, rng: random.Random) -> dict:
