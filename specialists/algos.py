@@ -1,0 +1,135 @@
+"""GRPO's pure pieces, in named registries: advantage estimators, the policy loss and its aggregations.
+
+Shapes: ``_P_G`` = prompts x group, ``_B_T`` = sequences x completion tokens. Nothing here touches a model.
+
+>>> grpo_advantages(torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+tensor([[ 0.8660, -0.8660,  0.8660, -0.8660]])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+ADVANTAGES: dict[str, Callable] = {}
+LOSS_AGGREGATIONS: dict[str, Callable] = {}
+
+
+def register_advantage(name: str):
+    def deco(fn):
+        ADVANTAGES[name] = fn
+        return fn
+    return deco
+
+
+def register_aggregation(name: str):
+    def deco(fn):
+        LOSS_AGGREGATIONS[name] = fn
+        return fn
+    return deco
+
+
+@register_advantage("grpo")
+def grpo_advantages(rewards_P_G: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative: ``(r - mean(r)) / (std(r) + eps)`` within each prompt's group (sample std, as TRL)."""
+    mean = rewards_P_G.mean(-1, keepdim=True)
+    std = rewards_P_G.std(-1, keepdim=True, unbiased=True)
+    return (rewards_P_G - mean) / (std + eps)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_advantages(rewards_P_G: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO: ``r - mean(r)``, no division by the group's std (which biases towards easy/hard prompts)."""
+    return rewards_P_G - rewards_P_G.mean(-1, keepdim=True)
+
+
+@register_aggregation("token_mean")
+def token_mean(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, max_len: int | None = None) -> tuple:
+    """Σ loss over all tokens / number of tokens (DAPO's token-level mean). Returns (sum, denominator)."""
+    return (loss_B_T * mask_B_T).sum(), mask_B_T.sum()
+
+
+@register_aggregation("seq_mean_token_mean")
+def seq_mean_token_mean(loss_B_T, mask_B_T, max_len=None) -> tuple:
+    """Original GRPO: mean over each sequence's tokens, then mean over sequences."""
+    per_seq = (loss_B_T * mask_B_T).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
+    return per_seq.sum(), torch.tensor(float(loss_B_T.size(0)))
+
+
+@register_aggregation("dr_grpo")
+def dr_grpo_aggregation(loss_B_T, mask_B_T, max_len=None) -> tuple:
+    """Dr. GRPO: Σ loss / (sequences x a constant length budget): no length normalisation bias."""
+    return (loss_B_T * mask_B_T).sum(), torch.tensor(float(loss_B_T.size(0) * (max_len or loss_B_T.size(1))))
+
+
+def k3_kl(logp_B_T: torch.Tensor, ref_logp_B_T: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(π_θ‖π_ref) per token: ``π_ref/π_θ − log(π_ref/π_θ) − 1`` (≥ 0)."""
+    d = ref_logp_B_T - logp_B_T
+    return torch.exp(d) - d - 1
+
+
+def offpolicy_sequence_mask(adv_B: torch.Tensor, old_logp_B_T, logp_B_T, mask_B_T, delta: float) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence masking: 0 for a sequence whose advantage is negative and whose mean
+    ``log(π_old/π_θ)`` over its tokens exceeds ``delta``; 1 otherwise."""
+    mean_log_ratio = ((old_logp_B_T - logp_B_T) * mask_B_T).sum(-1) / mask_B_T.sum(-1).clamp(min=1)
+    return (~((adv_B < 0) & (mean_log_ratio > delta))).float()
+
+
+@dataclass
+class PolicyLossOut:
+    loss_sum: torch.Tensor
+    denom: torch.Tensor
+    metrics: dict
+
+
+def policy_loss(logp_B_T: torch.Tensor, old_logp_B_T: torch.Tensor, adv_B: torch.Tensor, mask_B_T: torch.Tensor, *,
+                clip_low: float, clip_high: float, ref_logp_B_T: torch.Tensor | None = None, kl_coef: float = 0.0,
+                offpolicy_delta: float | None = None, aggregation: str = "token_mean",
+                max_len: int | None = None) -> PolicyLossOut:
+    """The clipped surrogate with DeepSeek's stabilizers, per token, then aggregated.
+
+    ``ratio = π_θ/π_old``; surrogate ``−min(ratio·A, clip(ratio, 1−clip_low, 1+clip_high)·A)``; plus
+    ``kl_coef · ratio · k3(π_θ, π_ref)`` (the unbiased KL estimate under samples from π_old); sequences failing the
+    off-policy test are masked out.
+    """
+    log_ratio = logp_B_T - old_logp_B_T
+    ratio = torch.exp(log_ratio)
+    adv = adv_B[:, None]
+    surr = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv)
+    mask = mask_B_T.float()
+    seq_keep = torch.ones_like(adv_B)
+    if offpolicy_delta is not None:
+        seq_keep = offpolicy_sequence_mask(adv_B, old_logp_B_T.detach(), logp_B_T.detach(), mask, offpolicy_delta)
+        mask = mask * seq_keep[:, None]
+    loss = surr
+    kl = torch.zeros_like(surr)
+    if ref_logp_B_T is not None and kl_coef > 0:
+        kl = ratio * k3_kl(logp_B_T, ref_logp_B_T)
+        loss = loss + kl_coef * kl
+    loss_sum, denom = LOSS_AGGREGATIONS[aggregation](loss, mask, max_len)
+    with torch.no_grad():
+        n = mask_B_T.float().sum().clamp(min=1)
+        clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
+        metrics = {"clip_frac": float((clipped.float() * mask_B_T).sum() / n),
+                   "kl": float((kl * mask_B_T).sum() / n),
+                   "masked_frac": float(1 - seq_keep.mean()),
+                   "ratio_mean": float((ratio * mask_B_T).sum() / n)}
+    return PolicyLossOut(loss_sum, denom, metrics)
+
+
+def masked_logprobs(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor, temperature: float = 1.0,
+                    keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(token) under temperature-scaled logits, renormalised over the sampler's kept set when given
+    (Keep Sampling Mask: π_θ and π_old see the same truncated support the sampler drew from)."""
+    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
+    if keep_B_T_V is not None:
+        x = x.masked_fill(~keep_B_T_V, float("-inf"))
+    return torch.log_softmax(x, -1).gather(-1, tokens_B_T[..., None]).squeeze(-1)
+
+
+def entropy(logits_B_T_V: torch.Tensor, mask_B_T: torch.Tensor) -> float:
+    with torch.no_grad():
+        lp = torch.log_softmax(logits_B_T_V.float(), -1)
+        ent = -(lp.exp() * lp).sum(-1)
+        return float((ent * mask_B_T).sum() / mask_B_T.sum().clamp(min=1))
