@@ -130,5 +130,18 @@ def _status(args) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry: also exits quietly when the reader of our output goes away (``| head``)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

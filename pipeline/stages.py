@@ -1,3 +1,3 @@
 """Imports every built-in stage kind so that it registers itself (the runner's only link to the stages)."""
 from . import bootstrap  # noqa: F401
-from specialists import sft  # noqa: F401
+from specialists import grpo, sft  # noqa: F401

@@ -1,0 +1,96 @@
+"""Turn a GRPO step's prompts into scored groups and padded training micro-batches.
+
+``collect`` samples G completions per prompt through the engine (full tool episodes for the agent domain), scores
+them with the domain's verifier plus the mode's shaping, and returns a ``Rollouts`` record. ``to_minibatches``
+pads them into tensors aligned so that position t of every ``*_B_T`` tensor describes token t+1 of the sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rewards.base import score_batch
+from rollout.agent_loop import run_episodes, transcript
+from rollout.encoding import encode_prompt
+from rollout.engine import SamplingParams
+
+from .evaluate import prompt_messages
+
+
+@dataclass
+class Rollouts:
+    samples: list[dict]               # P task samples
+    seqs: list[list[int]]             # P*G prompt+completion ids, group-major
+    prompt_lens: list[int]            # P*G
+    model_mask: list[list[int]]       # P*G, per completion token: 1 = written by the model
+    engine_logp: list[list[float]]    # P*G, one per model token
+    keep: list[list]                  # P*G, per model token: allowed ids (Keep Sampling Mask) or None
+    texts: list[str]                  # P*G completion texts (what the verifier saw)
+    n_tokens: list[int]               # P*G model tokens
+    correct_P_G: torch.Tensor         # verifier scores in [0, 1]
+    reward_P_G: torch.Tensor          # shaped rewards
+    components: dict                  # name -> mean over the batch
+    truncated: list[bool]
+
+
+def collect(engine, tok, samples: list[dict], mode: str, G: int, params: SamplingParams, shaping,
+            workers: int) -> Rollouts:
+    domain = samples[0]["domain"]
+    prompts = [encode_prompt(tok, prompt_messages(s), mode) for s in samples]
+    seqs, plens, masks, logps, keeps, texts, ntoks, trunc = [], [], [], [], [], [], [], []
+    if domain == "agent":
+        rep_prompts = [p for p in prompts for _ in range(G)]
+        rep_samples = [s for s in samples for _ in range(G)]
+        eps = run_episodes(engine, tok, rep_prompts, rep_samples, mode, SamplingParams(**{**params.__dict__, "n": 1}))
+        for p, e in zip(rep_prompts, eps):
+            seqs.append(p + e.ids), plens.append(len(p)), masks.append(e.loss_mask)
+            logps.append(e.logprobs), keeps.append(e.sampling_mask), texts.append(transcript(tok, e))
+            ntoks.append(e.n_model_tokens), trunc.append(e.finish_reason == "length")
+    else:
+        for p, group in zip(prompts, engine.generate(prompts, params)):
+            for c in group:
+                seqs.append(p + c.token_ids), plens.append(len(p)), masks.append([1] * len(c.token_ids))
+                logps.append(c.logprobs), keeps.append(c.sampling_mask or [None] * len(c.token_ids))
+                texts.append(c.text), ntoks.append(len(c.token_ids)), trunc.append(c.finish_reason == "length")
+    rep_samples = [s for s in samples for _ in range(G)]
+    verdicts = score_batch(domain, texts, rep_samples, mode, workers=workers)
+    correct = torch.tensor([v.score for v in verdicts]).view(len(samples), G)
+    comps = [shaping.components(v.score, t, n, mode) for v, t, n in zip(verdicts, texts, ntoks)]
+    reward = torch.tensor([sum(shaping.weights[k] * c[k] for k in shaping.weights) for c in comps]).view(len(samples), G)
+    mean_comps = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]}
+    return Rollouts(samples, seqs, plens, masks, logps, keeps, texts, ntoks, correct, reward, mean_comps, trunc)
+
+
+def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, vocab: int,
+                   use_keep: bool) -> list[dict]:
+    """Split the P*G sequences into ``n_mb`` padded micro-batches (whole sequences, fixed order)."""
+    adv = adv_P_G.flatten()
+    order = list(range(len(r.seqs)))
+    size = -(-len(order) // n_mb)
+    out = []
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        L = max(len(r.seqs[i]) for i in idx)
+        B = len(idx)
+        ids = torch.full((B, L), pad_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        mask = torch.zeros((B, L - 1))
+        elogp = torch.zeros((B, L - 1))
+        keep = torch.ones((B, L - 1, vocab), dtype=torch.bool) if use_keep else None
+        for b, i in enumerate(idx):
+            s, pl = r.seqs[i], r.prompt_lens[i]
+            ids[b, :len(s)] = torch.tensor(s)
+            attn[b, :len(s)] = 1
+            m = torch.tensor(r.model_mask[i], dtype=torch.float)
+            mask[b, pl - 1:pl - 1 + len(m)] = m
+            pos = (torch.nonzero(m).flatten() + pl - 1).tolist()
+            elogp[b, pos] = torch.tensor(r.engine_logp[i][:len(pos)])
+            if keep is not None:
+                for p, allowed in zip(pos, r.keep[i]):
+                    if allowed is not None:
+                        keep[b, p] = False
+                        keep[b, p, allowed] = True
+        out.append({"input_ids": ids, "attention_mask": attn, "mask": mask, "engine_logp": elogp, "keep": keep,
+                    "adv": adv[idx], "weight": float(mask.sum()), "n_seqs": B})
+    return out
