@@ -36,8 +36,9 @@ def length_cost(n_tokens: int, cost_per_token: float) -> float:
 
 
 def format_reward(completion: str, mode: str) -> float:
-    try:
-        return 1.0 if split_reasoning(clean_completion(completion), check_mode(mode))[2] else 0.0
+    try:  # an empty answer is a format failure too (otherwise "say nothing" would earn the format reward)
+        _, answer, ok = split_reasoning(clean_completion(completion), check_mode(mode))
+        return 1.0 if ok and answer.strip() else 0.0
     except TypeError:
         return 0.0
 

@@ -25,6 +25,7 @@ def test_length_cost_and_format_and_combine():
     assert format_reward("r</think>a<|end|>", "think_high") == 1.0
     assert format_reward("a", "think_high") == 0.0
     assert format_reward("a", "non_think") == 1.0 and format_reward("<think>a", "non_think") == 0.0
+    assert format_reward("<|end|>", "non_think") == 0.0 and format_reward("r</think>", "think_max") == 0.0
     assert combine({"a": 1.0, "b": -0.5}, {"a": 1.0, "b": 2.0}) == 0.0
     with pytest.raises(KeyError):
         combine({"a": 1.0}, {"a": 1.0, "b": 1.0})
