@@ -5,6 +5,9 @@
     pipeline stages RECIPE [--run-dir DIR]
     pipeline status RUN_DIR [--json]
     pipeline reward DOMAIN --input IN.jsonl [--output OUT.jsonl] [--workers N] [--mode MODE]
+    pipeline eval (RUN_DIR | CHECKPOINT) [--recipe R] [--out DIR] [--workers N]
+    pipeline report RUN_DIR [--out DIR]
+    pipeline export RUN_DIR --stage STAGE [--format hf|mxfp4] --out DIR
 
 Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, flags, files), 3 run-directory problem (locked, ...).
 """
@@ -54,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
 
     rw = sub.add_parser("reward", help="score completions from a JSONL file", add_help=True)
     rw.add_argument("rest", nargs=argparse.REMAINDER)
+
+    ev = sub.add_parser("eval", help="evaluate every model of a run directory, or one Hugging Face checkpoint")
+    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    ev.add_argument("--recipe", help="recipe YAML (default: RUN_DIR/recipe.yaml; built-in defaults for a checkpoint)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--out", help="results folder (default: RUN_DIR/eval, or evals/<checkpoint name>)")
+    ev.add_argument("--workers", type=int, help="verifier workers (default: half the cores)")
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report/index.html with plots and the eval table")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="report folder (default: RUN_DIR/report)")
+
+    ex = sub.add_parser("export", help="export a stage's model as a Hugging Face folder (or MXFP4) with a model card")
+    ex.add_argument("run_dir")
+    ex.add_argument("--stage", required=True, help="stage id whose final/ model to export, e.g. distill")
+    ex.add_argument("--format", choices=["hf", "mxfp4"], default="hf")
+    ex.add_argument("--out", required=True, help="output folder")
     return p
 
 
@@ -74,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "status":
             return _status(args)
+        if args.cmd in ("eval", "report", "export"):
+            return _tools(args)
         recipe = load_recipe(args.recipe, args.overrides)
         if args.cmd == "validate":
             from .graph import build_graph
@@ -87,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
             runner = Runner(recipe, _run_dir(args, recipe), recipe_path=args.recipe,
                             echo=lambda m: print(m, flush=True))
-            return runner.run(only=args.only, from_=args.from_, force=args.force, address=args.address)
+            rc = runner.run(only=args.only, from_=args.from_, force=args.force, address=args.address)
+            _after_run(_run_dir(args, recipe), recipe)
+            return rc
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -98,6 +122,39 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _tools(args) -> int:
+    if args.cmd == "eval":
+        from .eval_stage import eval_command
+
+        out = eval_command(args.target, args.recipe, args.out, args.workers, args.overrides)
+        print((out / "results.md").read_text(), end="")
+        print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    elif args.cmd == "report":
+        from .report import write_report
+
+        print(f"wrote {write_report(Path(args.run_dir), args.out)}")
+    else:
+        from .export import export_stage
+
+        print(f"wrote {export_stage(Path(args.run_dir), args.stage, args.format, Path(args.out))}")
+    return 0
+
+
+def _after_run(run_dir: Path, recipe) -> None:
+    """After `pipeline run`: print the eval table (when the recipe evaluates) and write the report."""
+    table = run_dir / "eval" / "results.md"
+    if recipe.eval is not None and table.exists():
+        print(table.read_text(), end="", flush=True)
+    try:
+        from .report import write_report
+
+        print(f"report: {write_report(run_dir)}", flush=True)
+    except ImportError as e:  # matplotlib is in the `report` extra
+        print(f"report skipped: {e}", flush=True)
+    except Exception as e:  # noqa: BLE001 — a report problem never fails a finished run
+        print(f"report failed: {type(e).__name__}: {e}", flush=True)
 
 
 def _stages(args, recipe) -> int:

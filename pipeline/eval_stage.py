@@ -250,7 +250,7 @@ def run(ctx) -> dict:
     rows = evaluate_stages(recipe, cfg, run_dir, stages, max(1, ctx.num_cpus), log=ctx.log.info,
                            progress=progress)
     write_results(ctx.dir, rows, f"Evaluation of {recipe.name}")
-    ctx.log.info(f"[eval] wrote {ctx.dir / 'results.json'} ({len(rows)} rows)\n" + results_markdown(rows))
+    ctx.log.info(f"[eval] wrote {ctx.dir / 'results.json'} and results.md ({len(rows)} rows)")
     return summary_of(rows)
 
 
