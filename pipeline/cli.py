@@ -105,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "stages":
             return _stages(args, recipe)
         if args.cmd == "run":
+            from .graph import build_graph
+            from .live import LiveView
             from .runner import Runner
 
-            runner = Runner(recipe, _run_dir(args, recipe), recipe_path=args.recipe,
-                            echo=lambda m: print(m, flush=True))
-            rc = runner.run(only=args.only, from_=args.from_, force=args.force, address=args.address)
+            live = LiveView(build_graph(recipe), _run_dir(args, recipe))   # rich on a terminal, plain lines if not
+            runner = Runner(recipe, _run_dir(args, recipe), recipe_path=args.recipe, echo=live.echo, live=live)
+            with live:
+                rc = runner.run(only=args.only, from_=args.from_, force=args.force, address=args.address)
             _after_run(_run_dir(args, recipe), recipe)
             return rc
     except RecipeError as e:

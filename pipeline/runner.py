@@ -62,8 +62,9 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: str = "recipe", echo=print):
+    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: str = "recipe", echo=print, live=None):
         self.recipe, self.run_dir, self.recipe_path, self.echo = recipe, Path(run_dir), recipe_path, echo
+        self.live = live                   # pipeline.live.LiveView (or None): refreshed while stages run
         self.graph = build_graph(recipe)
         self.by_id = {s.id: s for s in self.graph}
 
@@ -148,7 +149,12 @@ class Runner:
                           f"{f', {spec.resources.num_gpus:g} GPU' if spec.resources.num_gpus else ''})")
             if not running:
                 break
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready = []
+            while not ready:               # wake up every live.interval seconds to refresh the live view
+                ready, _ = ray.wait(list(running), num_returns=1,
+                                    timeout=self.live.interval if self.live is not None else None)
+                if self.live is not None:
+                    self.live.tick(done, [r[0].id for r in running.values()])
             spec, t0 = running.pop(ready[0])
             try:
                 summary = ray.get(ready[0])
