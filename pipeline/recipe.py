@@ -422,6 +422,7 @@ def cross_check(recipe: Recipe, source: str, cluster: dict | None = None) -> Non
             raise RecipeError(f"{source}: tasks.{dom}.data_files: no such file {ts.data_files!r}")
         if ts.source != "generated" and _is_local(ts.source) and not Path(ts.source).expanduser().exists():
             raise RecipeError(f"{source}: tasks.{dom}.source: no such file or folder {ts.source!r}")
+    _check_distill_teachers(recipe, source)
     try:
         graph = build_graph(recipe)
     except ValueError as e:
@@ -435,6 +436,44 @@ def cross_check(recipe: Recipe, source: str, cluster: dict | None = None) -> Non
                 if need > have:
                     raise RecipeError(f"{source}: {st.config_key}.resources: stage {st.id} needs {need:g} {res} "
                                       f"but the cluster has {have:g}")
+
+
+def _check_distill_teachers(recipe: Recipe, source: str) -> None:
+    """``distill.teachers.<key>`` given by ``path``: the folder exists, is a model folder, and shares the student's
+    vocabulary (stage teachers are checked by the distill stage itself, before it does any work)."""
+    if recipe.distill is None:
+        return
+    m = recipe.model
+    student_tok = m.tokenizer or m.path
+    student_tok = student_tok if student_tok and _is_local(student_tok) else None
+    for key, refs in recipe.distill.teachers.items():
+        for ref in refs:
+            if ref.path is None:
+                continue
+            where, folder = f"{source}: distill.teachers.{key}", Path(ref.path).expanduser()
+            if not folder.is_dir():
+                raise RecipeError(f"{where}: no such teacher folder {ref.path!r}")
+            if not (folder / "config.json").exists():
+                raise RecipeError(f"{where}: {ref.path} has no config.json (not a Hugging Face model folder)")
+            if student_tok:  # the same base vocabulary (the student may add chat tokens on top of it)
+                sv, tv = _base_vocab(student_tok), _base_vocab(str(folder))
+                bad = sum(tv.get(k) != i for k, i in sv.items()) if sv and tv else 0
+                if bad:
+                    raise RecipeError(f"{where}: vocabulary mismatch: teacher {ref.path} and the student's "
+                                      f"tokenizer {student_tok} disagree on {bad} of {len(sv)} tokens")
+            elif not m.path:  # the embedded tokenizer has at most model.tiny.vocab_size ids
+                tv = _vocab_of_tokenizer(str(folder))
+                if tv is not None and tv > m.tiny.vocab_size:
+                    raise RecipeError(f"{where}: vocabulary mismatch: teacher {ref.path} has {tv} token ids, "
+                                      f"the student's embedded tokenizer at most {m.tiny.vocab_size}")
+
+
+def _base_vocab(folder: str) -> dict:
+    import json
+
+    f = Path(folder).expanduser() / "tokenizer.json"
+    vocab = json.loads(f.read_text()).get("model", {}).get("vocab", {}) if f.exists() else {}
+    return vocab if isinstance(vocab, dict) else {}
 
 
 def local_cluster(recipe: Recipe) -> dict | None:
