@@ -260,6 +260,13 @@ class EvalConfig(Strict):
     resources: Resources = Resources()
 
 
+class LoggingConfig(Strict):
+    """Where stage metrics go besides ``<stage>/metrics.jsonl`` (always written)."""
+    tensorboard: bool = False               # event files in <run_dir>/tensorboard/<stage> (needs `tensorboard`)
+    wandb: bool = False                     # Weights & Biases in offline mode, files in <run_dir>/wandb (needs `wandb`)
+    wandb_project: str | None = None        # default: the recipe name
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -274,6 +281,7 @@ class Recipe(Strict):
     grpo: GRPOConfig | None = None
     distill: DistillConfig | None = None
     eval: EvalConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("domains", "modes")
     @classmethod

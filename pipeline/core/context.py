@@ -29,10 +29,13 @@ class StageContext:
 
     def __post_init__(self):
         self.dir = Path(self.dir)
-        self.metrics = MetricsLog(self.dir / "metrics.jsonl")
         self.manifest = Manifest(self.dir)
         self.final_dir = self.dir / "final"
         self.log = _stage_logger(self.stage_id, self.dir / "log.txt")
+        from .sinks import metric_sinks  # TensorBoard / W&B when the recipe's `logging` section asks
+
+        self.metrics = MetricsLog(self.dir / "metrics.jsonl",
+                                  sinks=metric_sinks(self.recipe, self.stage_id, self.dir.parent, self.log.warning))
 
     def checkpoints(self, keep: int = 2) -> Checkpoints:
         return Checkpoints(self.dir, keep=keep)

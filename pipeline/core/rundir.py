@@ -119,8 +119,9 @@ class MetricsLog:
     step twice.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, sinks=()):
         self.path = Path(path)
+        self.sinks = list(sinks)         # pipeline.core.sinks: TensorBoard, W&B (each gets every log call)
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
@@ -142,3 +143,11 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
             f.flush()
+        for sink in list(self.sinks):
+            try:
+                sink.log(step, metrics)
+            except Exception as e:  # noqa: BLE001 — a sink is a view; metrics.jsonl is the record
+                self.sinks.remove(sink)
+                import logging
+
+                logging.getLogger(__name__).warning(f"metrics sink {type(sink).__name__} failed and is off: {e}")
