@@ -118,13 +118,18 @@ class Learner:
         if cfg.zero_stage > 0:
             from accelerate.utils import DeepSpeedPlugin
 
+            if cfg.optimizer == "muon":  # ZeRO hands the optimizer flat 1-D partitions; Newton-Schulz needs matrices
+                raise ValueError("learner: optimizer muon does not run under DeepSpeed ZeRO (zero_stage > 0); "
+                                 "use optimizer: adamw with ZeRO, or zero_stage: 0 with Muon")
+
             for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
                          ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(k, v)
             plugin = DeepSpeedPlugin(zero_stage=cfg.zero_stage, gradient_clipping=cfg.grad_clip or None)
             plugin.deepspeed_config["zero_allow_untested_optimizer"] = True
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), deepspeed_plugin=plugin,
+        # cpu=True would silently drop the DeepSpeed plugin; without CUDA, DeepSpeed picks its CPU accelerator
+        self.accelerator = Accelerator(cpu=plugin is None and not torch.cuda.is_available(), deepspeed_plugin=plugin,
                                        mixed_precision="bf16" if cfg.precision == "bf16" else "no")
         opts = build_optimizer(self.model, cfg)
         optimizer = opts[0] if len(opts) == 1 else _MultiOptimizer(opts)
@@ -145,16 +150,23 @@ class Learner:
         self.model.train()
         total = sum(float(mb["weight"]) for mb in micro_batches)
         loss_acc, metrics_acc = 0.0, {}
-        for mb in micro_batches:
+        deepspeed = self.accelerator.distributed_type.value == "DEEPSPEED"
+        for i, mb in enumerate(micro_batches):
+            if deepspeed:  # DeepSpeed's engine steps on every backward at a boundary: only the last micro-batch is one
+                self.accelerator.gradient_state._set_sync_gradients(i == len(micro_batches) - 1)
             with self.accelerator.autocast():
                 loss_sum, metrics = loss_fn(self.model, mb)
             self.accelerator.backward(loss_sum / max(total, 1e-9))
             loss_acc += float(loss_sum.detach())
             for k, v in metrics.items():
                 metrics_acc[k] = metrics_acc.get(k, 0.0) + float(v) * float(mb["weight"]) / max(total, 1e-9)
+        if deepspeed:
+            self.accelerator.gradient_state._set_sync_gradients(True)
         grad_norm = 0.0
-        if self.cfg.grad_clip and self.accelerator.distributed_type.value != "DEEPSPEED":
+        if self.cfg.grad_clip and not deepspeed:
             grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        elif deepspeed:  # the engine clipped and stepped inside the last backward
+            grad_norm = float(self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm() or 0.0)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -166,6 +178,15 @@ class Learner:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Clean (un-parametrized) weights, e.g. for weight sync to a rollout engine."""
         model = self.unwrapped
+        zero3 = self.accelerator.distributed_type.value == "DEEPSPEED" and self.cfg.zero_stage == 3
+        if zero3:  # parameters are partitioned: gather them (a collective; every rank calls it), then copy
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+                return {k: v.detach().clone() for k, v in self._state_dict(model).items()}
+        return self._state_dict(model)
+
+    def _state_dict(self, model) -> dict[str, torch.Tensor]:
         if self.cfg.qat == "mxfp4":
             from rollout.fp4 import master_state_dict
 
