@@ -55,11 +55,25 @@ class TinyModel(Strict):
     tokenizer_corpus_per_domain: int = 400
 
 
+class ModelSize(Strict):
+    """Explicit model dimensions for ``pipeline plan`` when ``model.path`` is a hub id (no config.json offline)."""
+    params_b: float = Field(gt=0)                # total parameters, billions
+    active_params_b: float | None = Field(None, gt=0)   # per token (MoE); default: params_b
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    kv_bytes_per_token: float | None = Field(None, gt=0)  # all layers; default 2 * layers * kv_heads * head_dim * 2
+    num_kv_heads: int | None = Field(None, ge=1)
+    head_dim: int | None = Field(None, ge=1)
+    max_context: int | None = Field(None, ge=1)
+
+
 class ModelConfig(Strict):
     path: str | None = None             # local HF folder or hub id; None = the embedded tiny model
     tokenizer: str | None = None        # defaults to ``path``
     dtype: Literal["float32", "bfloat16"] = "float32"
     tiny: TinyModel = TinyModel()
+    size: ModelSize | None = None       # dimensions for `pipeline plan` (overrides config.json / tiny)
 
 
 class TaskSource(Strict):
@@ -86,6 +100,19 @@ class LearnerConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO through accelerate; 0 = plain accelerate
     qat: Literal["none", "mxfp4"] = "none"
+
+    @model_validator(mode="after")
+    def _muon_zero(self):
+        if self.optimizer == "muon" and self.zero_stage > 0:
+            raise ValueError("optimizer muon does not run under DeepSpeed ZeRO (zero_stage > 0): use adamw with ZeRO")
+        return self
+
+
+class Placement(Strict):
+    """How a stage's GPUs are shared by its actors (learner, rollout engines, teachers); see docs/scaling.md."""
+    strategy: Literal["colocate", "split"] = "colocate"  # colocate: all on every GPU, time-shared; split: own GPUs
+    engine_gpus: int | None = Field(None, ge=1)    # split: GPUs for the rollout engines (default: half)
+    teacher_gpus: int | None = Field(None, ge=0)   # split, distill: GPUs for the teachers (default: a quarter)
 
 
 class BootstrapConfig(Strict):
@@ -162,6 +189,7 @@ class GRPOConfig(Strict):
     keep_routing: bool = True
     shaping: dict = {}                      # rewards.shaping.ShapingConfig fields (per-mode budgets, weights)
     engine: EngineConfig = EngineConfig()
+    placement: Placement = Placement()      # colocate or split learner and engines on the stage's GPUs
     n_eval: int | None = None               # held-out prompts per evaluation (default: tasks.<domain>.n_eval)
     save_every: int = Field(5, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -230,6 +258,7 @@ class DistillConfig(Strict):
     teacher_memory_gb: float = Field(4.0, gt=0)  # teachers resident at once; the rest are evicted
     sampling: Sampling = Sampling()
     engine: EngineConfig = EngineConfig()
+    placement: Placement = Placement()      # colocate or split learner, engines and teachers on the stage's GPUs
     max_tokens: dict[Mode, int] = {}        # per-mode generation budget; default from grpo shaping budgets
     n_eval: int | None = None
     save_every: int = Field(5, ge=1)
