@@ -25,6 +25,16 @@ def stage_status(run_dir: Path, stage_id: str) -> dict:
     return Manifest(Path(run_dir) / stage_id).read()
 
 
+def _node_info() -> dict:
+    """Where this stage runs: the Ray node id and IP (``{}`` outside a Ray worker)."""
+    try:
+        import ray
+
+        return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
+    except Exception:
+        return {}
+
+
 def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: str) -> dict:
     """Body of the Ray task: runs one stage in its own worker process and writes its manifest."""
     import pipeline.stages  # noqa: F401  (registers the stage kinds)
@@ -46,7 +56,8 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
     ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=spec.config_hash,
                         inputs_hash=inputs_hash, started=m.get("started") or now(), finished=None, error=None,
                         attempts=m.get("attempts", 0) + 1, pid=os.getpid(), deps=spec.deps,
-                        resources=spec.resources.model_dump(), domain=spec.domain, mode=spec.mode)
+                        resources=spec.resources.model_dump(), domain=spec.domain, mode=spec.mode,
+                        node=_node_info())
     t0 = time.time()
     try:
         summary = STAGE_KINDS[spec.kind](ctx) or {}
