@@ -195,8 +195,7 @@ def plot_heatmap(rows: list[dict], out: Path, metric: str = "reward_mean") -> st
     plt = _plt()
     arr = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(cols) + 2.5), max(2.2, 0.42 * len(models) + 1.4)))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#eeeeee")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, vmin=0, vmax=max(1.0, np.nanmax(arr) if
                                                                           np.isfinite(arr).any() else 1.0),
                    aspect="auto")
@@ -250,7 +249,8 @@ def plot_timeline(stages: list[dict], out: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # HTML
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#222;
+padding:0 16px}.scroll{overflow-x:auto}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee;margin:6px 0}
@@ -263,7 +263,7 @@ def _table(head: list[str], body: list[list], left: int = 1) -> str:
     for row in body:
         tds = "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
         trs.append(f"<tr>{tds}</tr>")
-    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
+    return f"<div class='scroll'><table><tr>{th}</tr>{''.join(trs)}</table></div>"
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,152 @@
+"""Generate ``docs/recipe.md``, the recipe reference, from the pydantic schema in ``pipeline/recipe.py``.
+
+Every section model reachable from ``Recipe`` gets a table of its fields: type, default and description (the
+field's ``description`` if set, else the ``# comment`` on its line in the source). ``tests/pipeline/test_docs.py``
+regenerates it and compares with the committed file, so the reference cannot drift from the schema.
+
+    python -m pipeline.docgen > docs/recipe.md
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import typing
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+_FIELD_LINE = re.compile(r"^\s{4}(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+
+
+def _comments(cls) -> dict[str, str]:
+    """Field name -> the ``# comment`` on its declaration line in the class source."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = _FIELD_LINE.match(line)
+        if m and m.group(2):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def type_str(t) -> str:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Literal:
+        return " \\| ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [type_str(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
+    if origin in (list, tuple, dict):
+        name = {list: "list", tuple: "tuple", dict: "dict"}[origin]
+        return f"{name}[{', '.join(type_str(a) for a in args)}]" if args else name
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return f"[{t.__name__}](#{t.__name__.lower()})"
+    if isinstance(t, type):
+        return {"str": "string", "int": "int", "float": "float", "bool": "bool"}.get(t.__name__, t.__name__)
+    return str(t).replace("typing.", "")
+
+
+def default_str(field) -> str:
+    if field.is_required():
+        return "**required**"
+    d = field.get_default(call_default_factory=True) if field.default is PydanticUndefined else field.default
+    if isinstance(d, BaseModel):
+        return "(section defaults)"
+    if d is None:
+        return "`null`"
+    return f"`{json.dumps(d, default=_jsonable)}`"
+
+
+def _jsonable(o):
+    return o.model_dump(mode="json") if isinstance(o, BaseModel) else str(o)
+
+
+def _models_in(t) -> list[type]:
+    out = []
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return [t]
+    for a in typing.get_args(t):
+        out += _models_in(a)
+    return out
+
+
+def reachable(root) -> list[type]:
+    order, todo = [], [root]
+    while todo:
+        cls = todo.pop(0)
+        if cls in order:
+            continue
+        order.append(cls)
+        for f in cls.model_fields.values():
+            todo += [m for m in _models_in(f.annotation) if m not in order]
+    return order
+
+
+# descriptions of the top-level keys (Recipe's fields carry no comments of their own)
+TOP_LEVEL = {
+    "name": "run name; the default run directory is runs/<name>",
+    "seed": "seed of every stage (task sampling, initialisation, data order, sampling)",
+    "ray": "the Ray cluster to run on",
+    "model": "the starting model and tokenizer (empty path: the embedded tiny Qwen3-MoE)",
+    "domains": "specialist domains; one sft.<domain> (and grpo.<domain>.<mode>) stage each",
+    "modes": "reasoning modes every stage trains and evaluates",
+    "tasks": "per-domain task source (built-in generator or a `datasets`-loadable source), keyed by domain",
+    "learner": "optimizer, schedule, precision, ZeRO and QAT shared by all training stages",
+    "bootstrap": "the bootstrap stage (builds or adopts the starting model)",
+    "sft": "the sft.<domain> stages; null to skip SFT",
+    "grpo": "the grpo.<domain>.<mode> teacher stages; null to skip",
+    "distill": "the multi-teacher on-policy distillation stage; null to skip",
+    "eval": "the eval stage (every model x domain x mode); null to skip",
+    "logging": "metric sinks besides metrics.jsonl (TensorBoard, W&B offline)",
+}
+
+
+def render_model(cls, key: str | None = None) -> str:
+    doc = inspect.getdoc(cls) if cls.__doc__ else ""
+    comments = _comments(cls)
+    if cls.__name__ == "Recipe":
+        comments = {**TOP_LEVEL, **comments}
+    lines = [f"## {cls.__name__}", ""]
+    if key:
+        lines += [f"Recipe key: `{key}`", ""]
+    if doc:
+        lines += [doc, ""]
+    lines += ["| field | type | default | description |", "|---|---|---|---|"]
+    for name, f in cls.model_fields.items():
+        desc = (f.description or comments.get(name, "")).replace("|", "\\|").replace("<", "&lt;")
+        lines.append(f"| `{name}` | {type_str(f.annotation)} | {default_str(f)} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    from rewards.shaping import ShapingConfig
+
+    from .recipe import Recipe
+
+    keys = {"Recipe": "(top level)"}
+    for name, f in Recipe.model_fields.items():
+        for m in _models_in(f.annotation):
+            keys.setdefault(m.__name__, name)
+    models = reachable(Recipe)
+    extra = [m for m in reachable(ShapingConfig) if m not in models]
+    parts = ["<!-- generated by `python -m pipeline.docgen > docs/recipe.md`; do not edit by hand -->",
+             "# Recipe reference", "",
+             "A recipe is one YAML file validated by the schema in `pipeline/recipe.py`; unknown keys are errors and "
+             "every error is one line naming the key. Override any value on the command line with "
+             "`--set a.b=value` (e.g. `--set sft.steps=100`). Sections and their fields:", "",
+             *[f"- [{m.__name__}](#{m.__name__.lower()})" + (f" — `{keys[m.__name__]}`" if m.__name__ in keys else "")
+               for m in models + extra], ""]
+    for m in models:
+        parts.append(render_model(m, keys.get(m.__name__)))
+    for m in extra:
+        parts.append(render_model(m, "grpo.shaping (a mapping validated by this model)" if m is ShapingConfig
+                                  else None))
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
