@@ -183,7 +183,9 @@ def main(argv=None) -> int:
                     need = naive_estimate_bytes(t, v, hs)
                     avail = _available_bytes() if args.device == "cpu" else 1 << 62
                     if need > args.mem_limit_gb * GB or need > 0.85 * avail:
-                        row["skipped"] = f"skipped (would need {need / GB:.1f} GiB)"
+                        why = (f"--mem-limit-gb {args.mem_limit_gb:g}" if need > args.mem_limit_gb * GB
+                               else f"{avail / GB:.1f} GiB available")
+                        row["skipped"] = f"skipped (would need {need / GB:.1f} GiB; {why})"
                         results.append(row)
                         print(f"T={t:>6} {variant:>9}: {row['skipped']}", flush=True)
                         continue
