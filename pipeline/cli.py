@@ -2,6 +2,7 @@
 
     pipeline run RECIPE [--run-dir DIR] [--set a.b=v ...] [--only S ...] [--from S] [--force S ...] [--address A]
     pipeline validate RECIPE [--set ...]
+    pipeline plan RECIPE [--cluster "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024"] [--set ...]
     pipeline stages RECIPE [--run-dir DIR]
     pipeline status RUN_DIR [--json]
     pipeline reward DOMAIN --input IN.jsonl [--output OUT.jsonl] [--workers N] [--mode MODE]
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a recipe; exit 0 or 2 with one line naming the problem")
     recipe_args(v)
+
+    pl = sub.add_parser("plan", help="dry run: where every actor goes and its memory; exit 2 if it cannot fit")
+    recipe_args(pl)
+    pl.add_argument("--cluster", help='per node, e.g. "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024" '
+                                      "(+ custom resources as name=N); default: this machine")
 
     s = sub.add_parser("stages", help="print the stage graph in run order (with status if a run exists)")
     recipe_args(s)
@@ -96,7 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.cmd in ("eval", "report", "export"):
             return _tools(args)
-        recipe = load_recipe(args.recipe, args.overrides)
+        # joining a cluster (run --address) or planning for one: resources are checked against it, not this machine
+        recipe = load_recipe(args.recipe, args.overrides,
+                             check=not (args.cmd == "plan" or (args.cmd == "run" and args.address)))
+        if args.cmd == "plan":
+            from .plan import main_plan
+
+            rc, err = main_plan(recipe, args.recipe, args.cluster, echo=lambda m: print(m, flush=True))
+            if err:
+                print(f"error: {args.recipe}: {err}", file=sys.stderr)
+            return rc
         if args.cmd == "validate":
             from .graph import build_graph
 
