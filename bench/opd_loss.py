@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--variants", default="fused,naive", help="comma list of fused, per_token, naive")
-    p.add_argument("--mem-limit-gb", type=float, default=16.0,
+    p.add_argument("--mem-limit-gb", type=float, default=20.0,
                    help="skip naive cases estimated above this many GiB (or above 85%% of available memory)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each case (default: torch's)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs before measuring (default 0 CPU, 1 CUDA)")
