@@ -13,16 +13,36 @@ from .base import Verdict, answer_part, clean_completion, fail, register_verifie
 from .chat import END_THINK
 
 MAX_PROGRAM_CHARS = 200_000
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+MAX_ANSWER_CHARS = 4 * MAX_PROGRAM_CHARS   # longer answers are refused before any parsing
+_LANG_RE = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(language, body)`` of each ```` ``` ```` block (an unclosed last block runs to the end), in linear time.
+
+    Same result as ``re.findall(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", text, re.S)``, which is
+    quadratic on hostile input (thousands of fences without a newline took seconds, in the calling process)."""
+    out, i = [], 0
+    while True:
+        j = text.find("```", i)
+        nl = text.find("\n", j + 3) if j >= 0 else -1
+        if nl < 0:
+            return out
+        end = text.find("```", nl + 1)
+        out.append((_LANG_RE.match(text, j + 3, nl).group(1), text[nl + 1:] if end < 0 else text[nl + 1:end]))
+        if end < 0:
+            return out
+        i = end + 3
 
 
 def extract_code(answer: str, entry_point: str | None = None) -> str:
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(answer)]
+    blocks = [(lang.lower(), body) for lang, body in fenced_blocks(answer)]
     if not blocks:
         return answer
     py = [b for lang, b in blocks if lang in ("", "python", "py", "python3")] or [b for _, b in blocks]
     if entry_point:
-        defining = [b for b in py if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.M)]
+        # [ \t]*, not \s*: with re.M, \s* rescans every following blank line from each line start (quadratic)
+        defining = [b for b in py if re.search(rf"^[ \t]*def[ \t]+{re.escape(entry_point)}[ \t]*\(", b, re.M)]
         if defining:
             return defining[-1]
     return py[-1]
@@ -51,6 +71,8 @@ def verify_code(completion: str, sample: dict, mode: str) -> Verdict:
     for k in ("test", "entry_point"):
         if not isinstance(sample.get(k), str) or not sample[k]:
             return fail(f"sample lacks {k!r}", format_ok=True)
+    if len(answer) > MAX_ANSWER_CHARS:
+        return fail(f"answer longer than {MAX_ANSWER_CHARS} chars", format_ok=True)
     code = extract_code(answer, sample["entry_point"])
     if not code.strip():
         return fail("empty program", format_ok=True)
