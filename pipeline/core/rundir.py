@@ -6,6 +6,7 @@ counts as complete only when its manifest says so.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -21,12 +22,41 @@ class RunDirError(RuntimeError):
     """A run-directory problem that the CLI reports in one line."""
 
 
+_FAULT_HITS: dict[str, int] = {}
+
+
+def inject_fault(path: Path) -> bool:
+    """Test hook: True when this write should fail as if the disk were full. Off unless ``PIPELINE_FAULT`` is set.
+
+    ``PIPELINE_FAULT="<substring>[@<n>]"``: the n-th (default 1st) write in this process to a path containing
+    ``<substring>`` fails with ``OSError(ENOSPC)`` after half of its data was written (atomic writes: to the temporary
+    file; ``metrics.jsonl``: a torn line). Used by tests/reliability to check that a failed write leaves earlier
+    outputs intact and the stage resumable; it covers ``atomic_write_*`` (manifests, checkpoint checksums and commit
+    markers, recipe.yaml) and ``MetricsLog.log``.
+    """
+    spec = os.environ.get("PIPELINE_FAULT")
+    if not spec:
+        return False
+    sub, _, nth = spec.partition("@")
+    if sub not in str(path):
+        return False
+    _FAULT_HITS[spec] = _FAULT_HITS.get(spec, 0) + 1
+    return _FAULT_HITS[spec] == int(nth or 1)
+
+
+def _enospc(path) -> OSError:
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by PIPELINE_FAULT)", str(path))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            if inject_fault(path):
+                f.write(text[: len(text) // 2])
+                raise _enospc(path)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -140,8 +170,12 @@ class MetricsLog:
 
     def log(self, step: int, **metrics) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+            if inject_fault(self.path):
+                f.write(line[: len(line) // 2])
+                raise _enospc(self.path)
+            f.write(line)
             f.flush()
         for sink in list(self.sinks):
             try:
