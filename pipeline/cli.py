@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_RUNDIR
+    except OSError as e:  # e.g. a full disk under the run directory: one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_RUNDIR
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -194,14 +197,16 @@ def _status(args) -> int:
 
     rows = status_rows(Path(args.run_dir))
     if args.json:
-        print(json.dumps({"stages": [{k: r[k] for k in ("id", "kind", "status", "started", "finished", "metrics")}
-                                     for r in rows]}, indent=2, default=str))
+        keys = ("id", "kind", "status", "started", "finished", "metrics", "error", "warnings")
+        print(json.dumps({"stages": [{k: r[k] for k in keys} for r in rows]}, indent=2, default=str))
         return 0
     print(f"{'stage':28s} {'status':9s} {'started':25s} {'finished':25s} metrics")
     for r in rows:
         m = ", ".join(f"{k}={v:.3g}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))[:120]
         print(f"{r['id']:28s} {r['status']:9s} {str(r['started'] or '-'):25s} {str(r['finished'] or '-'):25s} "
               f"{m}{'  error: ' + r['error'] if r.get('error') else ''}")
+        for w in r.get("warnings") or []:      # e.g. a corrupt checkpoint skipped on resume
+            print(f"{'':28s} warning: {w}")
     return 0
 
 

@@ -172,6 +172,8 @@ class Runner:
                 done[spec.id] = "complete"
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, (int, float)))[:300]
                 self.echo(f"[done] {spec.id} in {time.time() - t0:.0f}s {shown}")
+                for w in stage_status(self.run_dir, spec.id).get("warnings") or []:
+                    self.echo(f"[warn] {spec.id}: {w}")
             except Exception as e:  # RayTaskError wraps the stage's exception
                 done[spec.id] = "failed"
                 err = stage_status(self.run_dir, spec.id).get("error") or str(e).splitlines()[-1]
@@ -212,5 +214,5 @@ def status_rows(run_dir: Path) -> list[dict]:
         m = stage_status(run_dir, sid)
         rows.append({"id": sid, "kind": m.get("kind", sid.split(".")[0]), "status": m.get("status", "pending"),
                      "started": m.get("started"), "finished": m.get("finished"), "metrics": m.get("metrics", {}),
-                     "error": m.get("error")})
+                     "error": m.get("error"), "warnings": list(m.get("warnings") or [])})
     return rows

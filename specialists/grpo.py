@@ -73,8 +73,8 @@ def run(ctx) -> dict:
     if latest is not None:
         start = learner.load(latest)["step"]
         ctx.log.info(f"[{ctx.stage_id}] resumed from {latest.name} (step {start})")
-        if ckpts.warnings:
-            ctx.manifest.update(warnings=ckpts.warnings)
+    if ckpts.warnings:                      # also when every checkpoint was corrupt (a restart from step 0)
+        ctx.manifest.update(warnings=ckpts.warnings)
     ctx.metrics.truncate_after(start)
     _sync(engine, learner, fp4)
 
