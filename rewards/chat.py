@@ -22,11 +22,10 @@ TOOL_CALL = "<tool_call>"
 END_TOOL_CALL = "</tool_call>"
 SPECIAL_TOKENS = [PAD, BOS, SYSTEM, USER, ASSISTANT, TOOL, END, THINK, END_THINK, TOOL_CALL, END_TOOL_CALL]
 
-THINK_MAX_PREFIX = (
-    "Reasoning Effort: Absolute maximum with no shortcuts permitted. You MUST be very thorough in your thinking "
-    "and comprehensively decompose the problem to resolve the root cause, rigorously stress-testing your logic "
-    "against all potential paths, edge cases, and adversarial scenarios."
-)
+# The beginning of DeepSeek's Think Max prefix as published (the full text is longer); kept short so the embedded
+# tiny model does not spend most of its context on it. A recipe for a real model can use any system prompt on top.
+THINK_MAX_PREFIX = ("Reasoning Effort: Absolute maximum with no shortcuts permitted. "
+                    "You MUST be very thorough in your thinking.")
 
 
 def check_mode(mode: str) -> str:
