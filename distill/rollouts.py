@@ -40,20 +40,23 @@ def _seed(seed: int, step: int, group: str) -> int:
 
 def generate_trajectories(engine, tok, draws: list[Draw], tasks: dict[str, list[dict]], samples_per_prompt: int,
                           sampling, max_tokens: dict[str, int], seed: int, step: int) -> list[Trajectory]:
-    """``samples_per_prompt`` trajectories per draw, grouped by (domain, mode) into engine calls, each seeded from
-    (seed, step, group) so a resumed run samples exactly the same tokens."""
-    groups: dict[tuple[str, str], list[Draw]] = {}
+    """``samples_per_prompt`` trajectories per draw. Agent draws run as tool episodes, one engine loop per mode;
+    the others share one engine call per generation budget (modes differ only in their prompts). Every call is
+    seeded from (seed, step, group), so a resumed run samples exactly the same tokens."""
+    groups: dict[tuple, list[Draw]] = {}
     for d in draws:
-        groups.setdefault((d.domain, d.mode), []).append(d)
+        gkey = ("agent", d.mode) if d.domain == "agent" else ("text", max_tokens[d.mode])
+        groups.setdefault(gkey, []).append(d)
     out: list[Trajectory] = []
-    for (domain, mode), group in groups.items():
-        samples = [tasks[domain][d.task] for d in group]
-        prompts = [encode_prompt(tok, prompt_messages(s), mode) for s in samples]
+    for (kind, what), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        samples = [tasks[d.domain][d.task] for d in group]
+        prompts = [encode_prompt(tok, prompt_messages(s), d.mode) for s, d in zip(samples, group)]
+        budget = max_tokens[what] if kind == "agent" else what
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                max_tokens=max_tokens[mode], seed=_seed(seed, step, f"{domain}.{mode}"))
-        if domain == "agent":
+                                max_tokens=budget, seed=_seed(seed, step, f"{kind}.{what}"))
+        if kind == "agent":
             rep = [i for i in range(len(group)) for _ in range(samples_per_prompt)]
-            eps = run_episodes(engine, tok, [prompts[i] for i in rep], [samples[i] for i in rep], mode, params)
+            eps = run_episodes(engine, tok, [prompts[i] for i in rep], [samples[i] for i in rep], what, params)
             for i, e in zip(rep, eps):
                 ids = e.prompt_ids + e.ids
                 out.append(Trajectory(group[i], ids, loss_positions([0] * len(e.prompt_ids) + e.loss_mask)))

@@ -41,10 +41,16 @@ def route_table(recipe, dep=lambda stage: Path(stage)) -> dict[str, list[tuple[T
                 t = Teacher(ref.stage, str(dep(ref.stage)))
             else:
                 folder = Path(ref.path).expanduser()
-                t = Teacher(folder.name or str(folder), str(folder))
+                t = Teacher(_path_name(folder), str(folder))
             routes.append((t, float(ref.weight)))
         table[key] = routes
     return table
+
+
+def _path_name(folder: Path) -> str:
+    """A path teacher's name: its folder's name (``<stage>/final`` is named after the stage)."""
+    name = folder.parent.name if folder.name == "final" and folder.parent.name else folder.name
+    return name or str(folder)
 
 
 def teachers_of(table: dict) -> dict[str, Teacher]:

@@ -16,7 +16,7 @@ import shutil
 import time
 
 from pipeline.core.registry import register_stage
-from pipeline.core.rundir import replace_dir
+from pipeline.core.rundir import atomic_write_json, read_json, replace_dir
 from rewards.tasks import load_tasks
 from rollout.hf_engine import HFEngine
 from specialists.evaluate import evaluate
@@ -27,6 +27,7 @@ from .loss import kl_means, make_loss_fn, micro_batches
 from .rollouts import generate_trajectories
 from .routing import draw_prompts, mixture_weights, route, route_table, teachers_of
 from .teachers import TeacherPool, check_teachers
+from .warmup import UnionSFT
 
 
 def max_tokens_per_mode(recipe, cfg) -> dict[str, int]:
@@ -51,10 +52,11 @@ def rollout_weights(learner, fp4: bool) -> dict:
     return quantized_state_dict(learner.unwrapped)
 
 
-def held_out(ctx, model_dir, tok, max_tokens) -> dict[str, dict]:
-    """``{"domain.mode": metrics}``: greedy held-out evaluation in every domain x mode."""
+def held_out(ctx, model, tok, max_tokens) -> dict[str, dict]:
+    """``{"domain.mode": metrics}``: greedy held-out evaluation in every domain x mode of a model folder (or an
+    engine)."""
     recipe, out = ctx.recipe, {}
-    engine = HFEngine(model_path=str(model_dir), tokenizer=tok)
+    engine = model if hasattr(model, "generate") else HFEngine(model_path=str(model), tokenizer=tok)
     for d in recipe.domains:
         src = recipe.task_source(d)
         test = load_tasks(d, "test", ctx.config.n_eval or src.n_eval, recipe.seed, src.model_dump())
@@ -65,8 +67,6 @@ def held_out(ctx, model_dir, tok, max_tokens) -> dict[str, dict]:
 
 def teacher_rewards(ctx, table) -> dict[str, float]:
     """The teachers' own held-out reward per domain x mode, from their stage manifests (first teacher per route)."""
-    from pipeline.core.rundir import read_json
-
     out = {}
     for key, routes in table.items():
         t = routes[0][0]
@@ -77,6 +77,13 @@ def teacher_rewards(ctx, table) -> dict[str, float]:
             if val is not None:
                 out[f"teacher_reward_mean.{key}"] = val
     return out
+
+
+def _checkpoint(ckpts, learner, cfg, step: int, total: int) -> None:
+    if (step + 1) % cfg.save_every == 0 or step + 1 == total:
+        tmp = ckpts.begin(step + 1)
+        learner.save(tmp, {"step": step + 1})
+        ckpts.commit(tmp, step + 1)
 
 
 @register_stage("distill")
@@ -98,7 +105,9 @@ def run(ctx) -> dict:
     ctx.log.info(f"[distill] student {cfg.student_from}; {len(teachers)} teachers for {len(table)} routes: "
                  + ", ".join(f"{k}<-{'+'.join(t.name for t, _ in r)}" for k, r in table.items()))
 
-    learner = Learner(init, recipe.learner_for(cfg.learner), cfg.steps, seed=recipe.seed)
+    warm, total = cfg.warmup_sft_steps, cfg.warmup_sft_steps + cfg.steps
+    union = UnionSFT(recipe, tok, tasks, recipe.seed) if warm else None
+    learner = Learner(init, recipe.learner_for(cfg.learner), total, seed=recipe.seed)
     ckpts = ctx.checkpoints(cfg.keep_checkpoints)
     start, latest = 0, ckpts.latest()
     if latest is not None:
@@ -109,14 +118,27 @@ def run(ctx) -> dict:
         ctx.manifest.update(warnings=ckpts.warnings)
 
     engine = HFEngine(model_path=str(init), tokenizer=tok, max_batch=cfg.engine.max_batch)
-    engine.load_weights(rollout_weights(learner, cfg.engine.fp4))
+    stale = True                                            # the engine's weights lag the learner's
     pool = TeacherPool(teachers, cfg.teacher_memory_gb, threads=ctx.num_cpus, payload=cfg.payload)
     hidden = learner.unwrapped.config.hidden_size
     vocab = learner.unwrapped.get_output_embeddings().weight.shape[0]
-    bar = ctx.progress(cfg.steps, initial=start)
+    bar = ctx.progress(total, initial=start)
     try:
-        for step in range(start, cfg.steps):
+        for step in range(start, total):
             t0 = time.perf_counter()
+            if step < warm:                                 # the student's start: SFT on the union
+                res, n_tok = union.step(learner, step)
+                ctx.metrics.log(step + 1, phase="sft", loss=res.loss, lr=res.lr, grad_norm=res.grad_norm,
+                                tokens=n_tok, tokens_per_s=n_tok / max(time.perf_counter() - t0, 1e-9))
+                bar.update(1, sft_loss=res.loss)
+                _checkpoint(ckpts, learner, cfg, step, total)
+                continue
+            if stale:
+                engine.load_weights(rollout_weights(learner, cfg.engine.fp4))
+                stale = False
+            if step == warm and warm and not (ctx.dir / "warmup_eval.json").exists():
+                atomic_write_json(ctx.dir / "warmup_eval.json", held_out(ctx, engine, tok, max_tokens))
+                t0 = time.perf_counter()
             draws = draw_prompts(weights, {d: len(v) for d, v in tasks.items()}, cfg.prompts_per_step,
                                  recipe.seed, step)
             trajs = generate_trajectories(engine, tok, draws, tasks, cfg.samples_per_prompt, cfg.sampling,
@@ -142,7 +164,7 @@ def run(ctx) -> dict:
             dt = time.perf_counter() - t0
             routed = sum(len(s) for s, _ in requests.values()) or 1
             ctx.metrics.log(
-                step + 1, loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **kl_means(stats),
+                step + 1, phase="distill", loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **kl_means(stats),
                 tokens=n_tok, sequences=len(trajs), tokens_per_s=n_tok / max(dt, 1e-9),
                 payload_bytes_per_token=payload_bytes / max(sum(len(p) for _, ps in requests.values()
                                                                 for p in ps), 1),
@@ -153,10 +175,7 @@ def run(ctx) -> dict:
                 train_s=t_train - t_teach, sync_s=sync_s, step_s=dt,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             bar.update(1, loss=res.loss)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                tmp = ckpts.begin(step + 1)
-                learner.save(tmp, {"step": step + 1})
-                ckpts.commit(tmp, step + 1)
+            _checkpoint(ckpts, learner, cfg, step, total)
     finally:
         pool.close()
 
@@ -166,8 +185,8 @@ def run(ctx) -> dict:
     replace_dir(tmp, ctx.final_dir)
     del learner, engine
 
-    rows = ctx.metrics.rows()
-    summary: dict = {"steps": cfg.steps, "final_loss": rows[-1]["loss"] if rows else None,
+    rows = [r for r in ctx.metrics.rows() if r.get("phase") == "distill"]
+    summary: dict = {"steps": cfg.steps, "warmup_sft_steps": warm, "final_loss": rows[-1]["loss"] if rows else None,
                      "first_loss": rows[0]["loss"] if rows else None}
     before = held_out(ctx, init, tok, max_tokens)
     after = held_out(ctx, ctx.final_dir, tok, max_tokens)
@@ -175,6 +194,9 @@ def run(ctx) -> dict:
         for k in ("accuracy", "reward_mean"):
             summary[f"{k}.{key}"] = after[key][k]
             summary[f"start_{k}.{key}"] = before[key][k]
+    warmed = read_json(ctx.dir / "warmup_eval.json", {}) or {}
+    for key, m in warmed.items():
+        summary[f"warm_reward_mean.{key}"] = m["reward_mean"]      # after the union-SFT start, before OPD
     summary.update(teacher_rewards(ctx, table))
-    ctx.manifest.update(eval={"start": before, "final": after})
+    ctx.manifest.update(eval={"start": before, "after_warmup": warmed, "final": after})
     return summary

@@ -247,6 +247,7 @@ class TeacherRef(Strict):
 class DistillConfig(Strict):
     """The ``distill`` stage: multi-teacher on-policy distillation (see docs/distillation.md)."""
     student_from: str = "bootstrap"         # a stage id whose final/ is the student's start
+    warmup_sft_steps: int = Field(0, ge=0)  # SFT steps on the union of the domains' demonstrations, then distill
     teachers: dict[str, list[TeacherRef]] = {}   # "domain.mode" -> teachers; default grpo.<domain>.<mode>
     mixture: dict[str, float] = {}          # "domain.mode" -> prompt weight; default uniform
     steps: int = Field(30, ge=1)

@@ -93,3 +93,49 @@ def test_loss_is_weighted_full_vocab_reverse_kl(tiny_dir):
     means = kl_means(stats)
     assert means["kl.A"] == pytest.approx(float(torch.cat(per["A"]).mean()), rel=1e-4)
     assert means["kl.B"] == pytest.approx(float(torch.cat(per["B"]).mean()), rel=1e-4)
+
+
+class _FakeRay:
+    """Stands in for ray in TeacherPool: actors are local objects, ``get`` is the identity, ``kill`` is recorded."""
+
+    def __init__(self):
+        self.killed, self.started = [], []
+
+    def get(self, x):
+        return x
+
+    def kill(self, actor):
+        self.killed.append(actor.folder)
+
+
+class _Remote:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class _FakeActor:
+    def __init__(self, ray, folder):
+        ray.started.append(folder)
+        self.folder = folder
+        self.load = _Remote(lambda: 300 * 2**20)                       # 300 MiB resident after loading
+        self.head = _Remote(lambda: torch.zeros(4, 2))
+        self.forward = _Remote(lambda seqs, pos, payload: [torch.zeros(len(p), 2) for p in pos])
+
+
+def test_pool_evicts_least_recently_used_under_the_budget():
+    from distill.teachers import TeacherPool
+
+    teachers = {n: Teacher(n, f"/t/{n}") for n in "ABC"}
+    pool = TeacherPool(teachers, budget_gb=1.0)          # 1 GiB: two teachers fit (300 MiB + 0.45 GiB estimate)
+    fake = pool.ray = _FakeRay()
+    pool.remote_cls = _Remote(lambda folder, threads, dtype: _FakeActor(fake, folder))
+    req = ([[1, 2, 3]], [[0, 1]])
+    pool.run({"A": req})
+    pool.run({"B": req})
+    pool.run({"A": req})                                 # A is now the most recently used
+    assert fake.started == ["/t/A", "/t/B"] and pool.evictions == 0
+    out = pool.run({"C": req, "A": req})                 # C needs room: B (least recently used) goes, A stays
+    assert fake.killed == ["/t/B"] and list(pool.actors) == ["A", "C"] and pool.evictions == 1
+    assert out["C"][0].shape == (2, 2) and set(pool.heads) == {"A", "B", "C"}   # heads stay on the learner
+    pool.run({"B": req})
+    assert fake.killed == ["/t/B", "/t/A"] and list(pool.actors) == ["C", "B"] and pool.loads == 4

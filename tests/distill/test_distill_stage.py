@@ -9,7 +9,7 @@ from conftest import run_cli, tiny_recipe
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS, WARMUP = 6, 2
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_teacher_actor_hidden_states_reproduce_logits(ray_local, tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     seqs = [list(range(3, 20)), list(range(30, 41))]
     pos = [[5, 6, 7, 15], [0, 9]]
-    pool = TeacherPool({"A": Teacher("A", tiny_dir), "B": Teacher("B", tiny_dir)}, budget_gb=0.01)
+    pool = TeacherPool({"A": Teacher("A", tiny_dir)}, budget_gb=4)
     try:
         out = pool.run({"A": (seqs, pos)})["A"]
         head = pool.heads["A"]
@@ -42,9 +42,7 @@ def test_teacher_actor_hidden_states_reproduce_logits(ray_local, tiny_dir):
             got = h.float() @ head.T                      # what the learner recomputes chunk by chunk
             assert torch.allclose(got, want, atol=0.05 * float(want.abs().max()))
             assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.75
-        # the budget holds one teacher: using B evicts A (its process is killed, its head stays on the learner)
-        pool.run({"B": (seqs[:1], pos[:1])})
-        assert list(pool.actors) == ["B"] and pool.evictions == 1 and "A" in pool.heads
+        assert pool.loads == 1 and pool.resident_bytes() > 0
     finally:
         pool.close()
     # payload "logits" returns the full fp32 logits, exactly the direct forward's
@@ -60,7 +58,8 @@ def distilled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distill")
     recipe = tiny_recipe(tmp, name="opd", domains=["math"], tasks={"math": {"n_train": 40, "n_eval": 2}},
                          sft__steps=12, distill={
-                             "steps": STEPS, "prompts_per_step": 4, "save_every": 2, "chunk_size": 64,
+                             "steps": STEPS, "warmup_sft_steps": WARMUP, "prompts_per_step": 4, "save_every": 2,
+                             "chunk_size": 64,
                              "max_tokens": {"non_think": 16, "think_high": 16, "think_max": 16},
                              "learner": {"optimizer": "adamw", "lr": 1e-2, "warmup_steps": 0,
                                          "schedule": "constant"},
@@ -75,7 +74,9 @@ def test_short_run_reduces_kl_and_trains_the_student(distilled):
 
     _, run = distilled
     rows = [json.loads(x) for x in (run / "distill" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in rows] == list(range(1, WARMUP + STEPS + 1))
+    assert [r["phase"] for r in rows] == ["sft"] * WARMUP + ["distill"] * STEPS     # union-SFT start, then OPD
+    rows = rows[WARMUP:]
     kl = [r["kl.sft.math"] for r in rows]
     assert all(r["loss"] == pytest.approx(r["kl.sft.math"]) for r in rows)    # one teacher, weight 1
     assert sum(kl[-2:]) / 2 < 0.7 * kl[0], kl
@@ -97,7 +98,7 @@ class _Stop(Exception):
 
 
 def test_resume_is_exact(distilled, ray_local, monkeypatch, tmp_path):
-    """Stop right after the step-2 checkpoint, run again: the losses equal the uninterrupted CLI run's."""
+    """Stop right after the step-4 checkpoint (mid-distillation), run again: losses equal the uninterrupted run's."""
     from distill.stage import run
     from pipeline.core.checkpoints import Checkpoints
     from pipeline.core.context import StageContext
@@ -116,7 +117,7 @@ def test_resume_is_exact(distilled, ray_local, monkeypatch, tmp_path):
 
     def commit_then_stop(self, tmp, step, **info):
         out = commit(self, tmp, step, **info)
-        if step == 2:
+        if step == 4:
             raise _Stop
         return out
 
@@ -124,10 +125,10 @@ def test_resume_is_exact(distilled, ray_local, monkeypatch, tmp_path):
     with pytest.raises(_Stop):
         run(ctx())
     monkeypatch.setattr(Checkpoints, "commit", commit)
-    (tmp_path / "distill" / "metrics.jsonl").open("a").write('{"step": 3, "loss": 123}\n')  # a row past the ckpt
+    (tmp_path / "distill" / "metrics.jsonl").open("a").write('{"step": 5, "loss": 123}\n')  # a row past the ckpt
     run(ctx())
     want = [json.loads(x) for x in (run_dir / "distill" / "metrics.jsonl").read_text().splitlines()]
     got = [json.loads(x) for x in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in got] == list(range(1, WARMUP + STEPS + 1))
     for k in ("loss", "kl.sft.math", "tokens", "grad_norm"):
-        assert [r[k] for r in got] == [r[k] for r in want], k
+        assert [r.get(k) for r in got] == [r.get(k) for r in want], k
