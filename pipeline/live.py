@@ -177,6 +177,12 @@ class LiveView:
 
     def __exit__(self, *exc):
         if self._live is not None:
+            for sid, st in self.status.items():       # the last tick predates the last stage's end
+                if st == "running":
+                    try:
+                        self.status[sid] = json.loads((self.run_dir / sid / "manifest.json").read_text())["status"]
+                    except (OSError, ValueError, KeyError):
+                        pass
             live, self._live = self._live, None
             live.update(self.render())
             live.__exit__(*exc)
