@@ -1,0 +1,104 @@
+"""`pipeline plan`: placement and memory of every actor; exit 2 with one line when the cluster cannot hold it."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli, tiny_recipe
+from pipeline.plan import (GB, Cluster, build_plan, dims_from_config, learner_parts, parse_cluster)
+from pipeline.recipe import LearnerConfig, RecipeError, load_recipe
+
+GPU_RECIPES = sorted((ROOT / "recipes" / "gpu").glob("*.yaml"))
+TWO_H200_NODES = "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024"
+
+
+def test_cpu_recipe_plans_on_this_machine():
+    r = run_cli("plan", "recipes/think_max.yaml", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "(this machine)" in r.stdout and "stage bootstrap" in r.stdout and "learner" in r.stdout
+    assert r.stdout.strip().endswith("fits")
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=[p.name for p in GPU_RECIPES])
+def test_gpu_recipes_fit_two_h200_nodes(path):
+    recipe = load_recipe(path, check=False)
+    dims, plans, problems = build_plan(recipe, parse_cluster(TWO_H200_NODES))
+    assert problems == []
+    by_id = {p.id: p for p in plans}
+    grpo = next(p for p in plans if p.kind == "grpo")
+    names = [a.name for a in grpo.actors]
+    assert "learner" in names and any(n.startswith("engine") for n in names) and "rewards" in names
+    learner = grpo.actors[names.index("learner")]
+    assert any("ZeRO-3" in n for n in learner.notes)
+    engines = [a for a in grpo.actors if a.name.startswith("engine")]
+    tp = grpo_tp = recipe.grpo.engine.tensor_parallel_size
+    assert all(len(e.gpus) == tp for e in engines) and grpo_tp >= 1
+    if recipe.grpo.placement.strategy == "split":
+        assert not set(learner.gpus) & {g for e in engines for g in e.gpus}
+    else:
+        assert set(learner.gpus) >= {g for e in engines for g in e.gpus}
+    distill = by_id["distill"]
+    assert sum(a.name.startswith("teacher:") for a in distill.actors) >= 2
+    assert all(p.node is not None or p.wave > 0 for p in plans)
+
+
+def test_gpu_recipe_cli_and_too_small_cluster():
+    path = "recipes/gpu/think_max_qwen3_8b.yaml"
+    r = run_cli("plan", path, "--cluster", TWO_H200_NODES, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "vLLM TP=2 MXFP4 weights" in r.stdout and "placement split" in r.stdout
+    assert "as logits" in r.stdout and r.stdout.strip().endswith("fits")
+    r = run_cli("plan", path, "--cluster", "nodes=1,gpus=8,gpu_mem_gb=24,cpus=96,ram_gb=512", timeout=120)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "does not fit" in err and "GB" in err
+
+
+def test_without_cluster_a_joining_recipe_is_planned_but_not_checked():
+    r = run_cli("plan", "recipes/gpu/think_max_qwen3_8b_colocate.yaml", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "fit not checked" in r.stdout
+
+
+def test_stage_wider_than_a_node_and_bad_cluster_text(tmp_path):
+    recipe = load_recipe(ROOT / "recipes/gpu/think_max_qwen3_8b.yaml", check=False)
+    _, _, problems = build_plan(recipe, parse_cluster("nodes=4,gpus=4,gpu_mem_gb=141,cpus=96,ram_gb=1024"))
+    assert problems and "cannot span nodes" in problems[0]
+    with pytest.raises(RecipeError, match="gpu_mem_gb"):
+        parse_cluster("gpus=8")
+    r = run_cli("plan", "recipes/think_max.yaml", "--cluster", "gpus=lots", timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--cluster" in r.stderr
+
+
+def test_hub_id_without_size_is_one_line(tmp_path):
+    f = tiny_recipe(tmp_path, model={"path": "some-org/some-model"})
+    r = run_cli("plan", f, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "model.size" in r.stderr
+
+
+def test_parameter_count_matches_a_real_model(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((Path(tiny_dir) / "config.json").read_text())
+    d = dims_from_config(cfg, "tiny")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(d.params - n) / n < 0.01, (d.params, n)
+    assert d.active < d.params and 0 < d.fp4_params < d.params
+
+
+def test_zero_sharding_arithmetic():
+    from pipeline.plan import Dims
+
+    d = Dims(params=8e9, active=8e9, hidden=4096, layers=36, vocab=151936, kv_bytes_per_token=147456,
+             fp4_params=5e9, adam_params=1.3e9, max_context=None, source="test")
+    z0, _, _ = learner_parts(d, LearnerConfig(optimizer="adamw", precision="bf16"), 8, 1, 1, True)
+    z3, _, _ = learner_parts(d, LearnerConfig(optimizer="adamw", precision="bf16", zero_stage=3), 8, 1, 1, True)
+    z2, _, _ = learner_parts(d, LearnerConfig(optimizer="adamw", precision="bf16", zero_stage=2), 8, 1, 1, True)
+    assert z0["weights"] == 8e9 * 4 and z0["optim"] == 8e9 * 8        # plain accelerate: fp32 weights, AdamW 2x fp32
+    assert z3["weights"] == 8e9 * 2 / 8 and z3["grads"] == 8e9 * 2 / 8 and z3["optim"] == 8e9 * 12 / 8
+    assert z2["weights"] == 8e9 * 2 and z2["grads"] == 8e9 * 2 / 8
+    muon, _, _ = learner_parts(d, LearnerConfig(optimizer="muon"), 1, 1, 1, True)
+    assert muon["optim"] == 4 * (8e9 - 1.3e9) + 8 * 1.3e9                  # Muon: one momentum; AdamW part: two
