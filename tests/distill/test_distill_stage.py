@@ -54,12 +54,13 @@ def test_teacher_actor_hidden_states_reproduce_logits(ray_local, tiny_dir):
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
-    """bootstrap -> sft.math (a few steps: the teacher) -> distill, through the CLI."""
+    """bootstrap -> sft.math (a few steps: the teacher) -> distill (2 union-SFT steps, then 6 distillation steps
+    with MXFP4 rollouts), through the CLI."""
     tmp = tmp_path_factory.mktemp("distill")
     recipe = tiny_recipe(tmp, name="opd", domains=["math"], tasks={"math": {"n_train": 40, "n_eval": 2}},
                          sft__steps=12, distill={
                              "steps": STEPS, "warmup_sft_steps": WARMUP, "prompts_per_step": 4, "save_every": 2,
-                             "chunk_size": 64,
+                             "chunk_size": 64, "engine": {"fp4": True},   # MXFP4 rollouts
                              "max_tokens": {"non_think": 16, "think_high": 16, "think_max": 16},
                              "learner": {"optimizer": "adamw", "lr": 1e-2, "warmup_steps": 0,
                                          "schedule": "constant"},
