@@ -128,27 +128,30 @@ class WorkerPool:
         i = self._free.get()
         t0 = time.monotonic()
         try:
-            w = self._slots[i]
-            if w is None or w.proc.poll() is not None:
-                if w is not None:
-                    w.kill()
-                self._slots[i] = None
-                w = self._slots[i] = _Worker()
-            w.wait_ready()
-            t0 = time.monotonic()
-            if not w.send(job):
-                w.kill()
-                self._spawn(i)
-                return Verdict(0.0, {"error": "worker lost", "time_s": time.monotonic() - t0})
-            msg = w.recv(limit_s)
-            if msg is None:
-                dead = w.proc.poll() is not None
+            # A worker that dies under a job (killed from outside, OOM-killed, a fault) is replaced and the job
+            # tried once more on the new one, so a lost worker does not turn a right answer into a 0; a second
+            # death, or an overrun of the time limit, is the job's own verdict (score 0 with the error).
+            for _ in range(2):
+                w = self._slots[i]
+                if w is None or w.proc.poll() is not None:
+                    if w is not None:
+                        w.kill()
+                    self._slots[i] = None
+                    w = self._slots[i] = _Worker()
+                w.wait_ready()
+                t0 = time.monotonic()
+                msg = w.recv(limit_s) if w.send(job) else None
+                if msg is not None:
+                    return Verdict(float(msg["score"]), msg["details"])
+                crashed = time.monotonic() - t0 < limit_s   # EOF before the deadline: the worker died
                 w.kill()
                 self._spawn(i)  # the replacement imports while the caller goes on
                 self.replaced += 1
-                err = "worker crashed (memory cap or fault)" if dead else f"timeout: exceeded {limit_s:g}s hard limit"
-                return Verdict(0.0, {"error": err, "time_s": time.monotonic() - t0})
-            return Verdict(float(msg["score"]), msg["details"])
+                if not crashed:
+                    return Verdict(0.0, {"error": f"timeout: exceeded {limit_s:g}s hard limit",
+                                         "time_s": time.monotonic() - t0})
+            return Verdict(0.0, {"error": "worker crashed (memory cap or fault), twice",
+                                 "time_s": time.monotonic() - t0})
         except Exception as e:  # noqa: BLE001 — never raise on model output
             return Verdict(0.0, {"error": f"pool error: {type(e).__name__}: {e}", "time_s": time.monotonic() - t0})
         finally:
