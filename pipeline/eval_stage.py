@@ -1,8 +1,9 @@
 """Stage ``eval`` and ``pipeline eval``: every model of a run on every domain x mode it is meant for.
 
-Per (model, domain, mode): greedy ``reward_mean``, ``accuracy``, ``length_mean``; and, from ``eval.samples``
-sampled completions per prompt, ``reward_mean_sampled``, ``accuracy_sampled``, ``length_mean_sampled`` and
-``pass@k`` for every ``k`` of ``eval.pass_k`` (the unbiased estimator of Chen et al. 2021, so ``k <= samples``).
+Per (model, domain, mode): ``reward_mean``, ``accuracy``, ``length_mean`` over ``eval.samples`` sampled completions
+per prompt at the recipe's sampling (DeepSeek's recommended temperature 1.0 / top-p 1.0: the policy as it is used
+and as RL optimises it), ``pass@k`` for every ``k`` of ``eval.pass_k`` (the unbiased estimator of Chen et al. 2021,
+so ``k <= samples``), and the greedy ``reward_mean_greedy``, ``accuracy_greedy``, ``length_mean_greedy``.
 With ``eval.humaneval`` every model evaluated on code is also scored on HumanEval's 164 problems
 (``humaneval_pass@1``, greedy). Writes ``results.json`` (a list of rows ``{model, domain, mode, metric, value, n}``)
 and ``results.md`` (a table).
@@ -151,32 +152,32 @@ def evaluate_model(model_id: str, model_dir: Path, recipe, cfg, cells: list[tupl
             for m in modes:
                 if (domain, m) in reuse:
                     got = reuse[(domain, m)]
-                    cell_rows[m] += [_row(model_id, domain, m, k, got[k], got.get("n", n)) for k in GREEDY]
+                    cell_rows[m] += [_row(model_id, domain, m, f"{k}_greedy", got[k], got.get("n", n)) for k in GREEDY]
             for budget, group in _by_budget(recipe, cfg, [m for m in modes if (domain, m) not in reuse]).items():
                 jobs = [(m, samples) for m in group]
                 outs = generate_many(engine, tok, domain, jobs, SamplingParams(n=1, temperature=0.0,
                                                                                max_tokens=budget, seed=0))
                 for (m, _), (_, lengths), scores in zip(jobs, outs, _scored(domain, jobs, outs, workers)):
-                    cell_rows[m] += [_row(model_id, domain, m, "reward_mean", sum(scores) / n, n),
-                                     _row(model_id, domain, m, "accuracy", sum(x >= 1.0 for x in scores) / n, n),
-                                     _row(model_id, domain, m, "length_mean", sum(lengths) / n, n)]
-        if cfg.samples > 1 or not cfg.greedy or ks:
-            s = cfg.samples
-            rep = [x for x in samples for _ in range(s)]          # prompt i's samples are rep[i*s:(i+1)*s]
-            for budget, group in _by_budget(recipe, cfg, modes).items():
-                jobs = [(m, rep) for m in group]
-                params = SamplingParams(n=1, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                        top_k=cfg.sampling.top_k, max_tokens=budget, seed=recipe.seed)
-                outs = generate_many(engine, tok, domain, jobs, params)
-                for (m, _), (_, lengths), scores in zip(jobs, outs, _scored(domain, jobs, outs, workers)):
-                    k_all = len(rep)
-                    cell_rows[m] += [
-                        _row(model_id, domain, m, "reward_mean_sampled", sum(scores) / k_all, k_all),
-                        _row(model_id, domain, m, "accuracy_sampled", sum(x >= 1.0 for x in scores) / k_all, k_all),
-                        _row(model_id, domain, m, "length_mean_sampled", sum(lengths) / k_all, k_all)]
-                    for k in ks:
-                        per = [pass_at_k(s, sum(x >= 1.0 for x in scores[i * s:(i + 1) * s]), k) for i in range(n)]
-                        cell_rows[m].append(_row(model_id, domain, m, f"pass@{k}", sum(per) / n, n))
+                    cell_rows[m] += [_row(model_id, domain, m, "reward_mean_greedy", sum(scores) / n, n),
+                                     _row(model_id, domain, m, "accuracy_greedy", sum(x >= 1.0 for x in scores) / n, n),
+                                     _row(model_id, domain, m, "length_mean_greedy", sum(lengths) / n, n)]
+        # the sampled numbers are the headline metrics
+        s = cfg.samples
+        rep = [x for x in samples for _ in range(s)]          # prompt i's samples are rep[i*s:(i+1)*s]
+        for budget, group in _by_budget(recipe, cfg, modes).items():
+            jobs = [(m, rep) for m in group]
+            params = SamplingParams(n=1, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                    top_k=cfg.sampling.top_k, max_tokens=budget, seed=recipe.seed)
+            outs = generate_many(engine, tok, domain, jobs, params)
+            for (m, _), (_, lengths), scores in zip(jobs, outs, _scored(domain, jobs, outs, workers)):
+                k_all = len(rep)
+                cell_rows[m] += [
+                    _row(model_id, domain, m, "reward_mean", sum(scores) / k_all, k_all),
+                    _row(model_id, domain, m, "accuracy", sum(x >= 1.0 for x in scores) / k_all, k_all),
+                    _row(model_id, domain, m, "length_mean", sum(lengths) / k_all, k_all)]
+                for k in ks:
+                    per = [pass_at_k(s, sum(x >= 1.0 for x in scores[i * s:(i + 1) * s]), k) for i in range(n)]
+                    cell_rows[m].append(_row(model_id, domain, m, f"pass@{k}", sum(per) / n, n))
         if cfg.humaneval and domain == "code":
             probs = humaneval_problems(humaneval_limit)
             for budget, group in _by_budget(recipe, cfg, modes).items():

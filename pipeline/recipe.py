@@ -191,6 +191,7 @@ class GRPOConfig(Strict):
     engine: EngineConfig = EngineConfig()
     placement: Placement = Placement()      # colocate or split learner and engines on the stage's GPUs
     n_eval: int | None = None               # held-out prompts per evaluation (default: tasks.<domain>.n_eval)
+    eval_samples: int = Field(4, ge=1)      # sampled completions per held-out prompt (plus one greedy)
     save_every: int = Field(5, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     learner: dict = {}

@@ -31,12 +31,16 @@ def generate_texts(engine, tok, samples: list[dict], mode: str, params: Sampling
 
 
 def evaluate(engine, tok, domain: str, samples: list[dict], modes: list[str], max_tokens: int,
-             temperature: float = 0.0, workers: int | None = None) -> dict[str, dict]:
-    """{mode: {accuracy, reward_mean, length_mean, format_ok, n, seconds}}."""
+             temperature: float = 0.0, workers: int | None = None, samples_per_prompt: int = 1,
+             top_p: float = 1.0, top_k: int = 0, seed: int = 0) -> dict[str, dict]:
+    """{mode: {accuracy, reward_mean, length_mean, format_ok, n, seconds}}; greedy when ``temperature == 0``,
+    else the mean over ``samples_per_prompt`` sampled completions per prompt."""
     out = {}
+    samples = [s for s in samples for _ in range(samples_per_prompt if temperature > 0 else 1)]
     for mode in modes:
         t0 = time.time()
-        params = SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens, seed=0)
+        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                seed=seed)
         texts, lengths = generate_texts(engine, tok, samples, mode, params)
         verdicts = score_batch(domain, texts, samples, mode, workers=workers)
         n = len(samples)

@@ -151,10 +151,15 @@ def run(ctx) -> dict:
     summary = {"steps": cfg.steps}
     for name, folder in (("start_", init), ("", ctx.final_dir)):
         ev_engine = make_engine("hf", model_path=str(folder), tokenizer=tok)
-        res = evaluate(ev_engine, tok, domain, test, [mode], budget, workers=ctx.num_cpus)[mode]
+        sampled = evaluate(ev_engine, tok, domain, test, [mode], budget, temperature=s.temperature, top_p=s.top_p,
+                           top_k=s.top_k, samples_per_prompt=cfg.eval_samples, seed=recipe.seed,
+                           workers=ctx.num_cpus)[mode]
+        greedy = evaluate(ev_engine, tok, domain, test, [mode], budget, workers=ctx.num_cpus)[mode]
         for k in ("reward_mean", "accuracy", "length_mean", "format_ok"):
-            summary[f"{name}{k}"] = res[k]
+            summary[f"{name}{k}"] = sampled[k]
+            summary[f"{name}{k}_greedy"] = greedy[k]
     ctx.log.info(f"[{ctx.stage_id}] held-out reward {summary['start_reward_mean']:.3f} -> "
-                 f"{summary['reward_mean']:.3f}, length {summary['start_length_mean']:.1f} -> "
+                 f"{summary['reward_mean']:.3f} (greedy {summary['start_reward_mean_greedy']:.3f} -> "
+                 f"{summary['reward_mean_greedy']:.3f}), length {summary['start_length_mean']:.1f} -> "
                  f"{summary['length_mean']:.1f}")
     return summary

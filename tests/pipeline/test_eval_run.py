@@ -26,16 +26,17 @@ def test_run_with_eval_stage_report_and_export(tmp_path):
     have = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     for dom in ("math", "code"):
         for mode in MODES:
-            for metric in ("reward_mean", "accuracy", "length_mean", "pass@1", "pass@2", "reward_mean_sampled"):
+            for metric in ("reward_mean", "accuracy", "length_mean", "pass@1", "pass@2", "reward_mean_greedy"):
                 assert (f"sft.{dom}", dom, mode, metric) in have
                 assert ("bootstrap", dom, mode, metric) in have
-            assert have[(f"sft.{dom}", dom, mode, "reward_mean")]["n"] == 3
+            assert have[(f"sft.{dom}", dom, mode, "reward_mean_greedy")]["n"] == 3
     assert not any(x["model"] == "sft.math" and x["domain"] == "code" for x in rows)
     # greedy SFT numbers are the SFT stage's own held-out numbers (same computation, reused)
     sft_m = json.loads((run_dir / "sft.math" / "manifest.json").read_text())["metrics"]
     for mode in MODES:
-        assert have[("sft.math", "math", mode, "reward_mean")]["value"] == pytest.approx(sft_m[f"reward_mean.{mode}"])
-        assert have[("bootstrap", "math", mode, "accuracy")]["value"] == pytest.approx(
+        assert have[("sft.math", "math", mode, "reward_mean_greedy")]["value"] == pytest.approx(
+            sft_m[f"reward_mean.{mode}"])
+        assert have[("bootstrap", "math", mode, "accuracy_greedy")]["value"] == pytest.approx(
             sft_m[f"start_accuracy.{mode}"])
     assert (run_dir / "eval" / "results.md").read_text().startswith("# Evaluation of tiny")
 

@@ -38,12 +38,12 @@ def test_evaluate_model_rows(tiny_dir):
     assert all(set(r) == ROW_KEYS for r in rows)
     got = {(r["domain"], r["mode"], r["metric"]): r for r in rows}
     for cell in (("math", "non_think"), ("code", "think_max")):
-        for metric in ("reward_mean", "accuracy", "length_mean", "reward_mean_sampled", "accuracy_sampled",
-                       "length_mean_sampled", "pass@1", "pass@2"):
+        for metric in ("reward_mean_greedy", "accuracy_greedy", "length_mean_greedy", "reward_mean", "accuracy",
+                       "length_mean", "pass@1", "pass@2"):
             r = got[(*cell, metric)]
             assert isinstance(r["value"], float) and r["model"] == "m"
         assert (*cell, "pass@8") not in got                  # k > samples is skipped
-        assert got[(*cell, "reward_mean")]["n"] == 2 and got[(*cell, "reward_mean_sampled")]["n"] == 4
+        assert got[(*cell, "reward_mean_greedy")]["n"] == 2 and got[(*cell, "reward_mean")]["n"] == 4
         assert 0 <= got[(*cell, "accuracy")]["value"] <= 1
         assert 0 < got[(*cell, "length_mean")]["value"] <= 4
     he = got[("code", "think_max", "humaneval_pass@1")]
@@ -61,7 +61,7 @@ def test_eval_command_on_a_checkpoint(tiny_dir, tmp_path):
                                   "eval": {"samples": 1, "pass_k": [1], "max_tokens": {"think_high": 4}}}))
     out = eval_command(tiny_dir, str(rf), str(tmp_path / "out"), workers=1)
     rows = json.loads((out / "results.json").read_text())
-    assert {r["metric"] for r in rows} == {"reward_mean", "accuracy", "length_mean", "reward_mean_sampled",
-                                           "accuracy_sampled", "length_mean_sampled", "pass@1"}
+    assert {r["metric"] for r in rows} == {"reward_mean_greedy", "accuracy_greedy", "length_mean_greedy",
+                                           "reward_mean", "accuracy", "length_mean", "pass@1"}
     assert {(r["model"], r["domain"], r["mode"]) for r in rows} == {(Path(tiny_dir).name, "instruct", "think_high")}
     assert "| reward_mean |" in (out / "results.md").read_text()
