@@ -16,7 +16,7 @@ import shutil
 import time
 
 from pipeline.core.registry import register_stage
-from pipeline.core.rundir import atomic_write_json, read_json, replace_dir
+from pipeline.core.rundir import read_json, replace_dir
 from rewards.tasks import load_tasks
 from rollout.hf_engine import HFEngine
 from specialists.evaluate import evaluate
@@ -27,7 +27,7 @@ from .loss import kl_means, make_loss_fn, micro_batches
 from .rollouts import generate_trajectories
 from .routing import draw_prompts, mixture_weights, route, route_table, teachers_of
 from .teachers import TeacherPool, check_teachers
-from .warmup import UnionSFT
+from .warmup import warm_start
 
 
 def max_tokens_per_mode(recipe, cfg) -> dict[str, int]:
@@ -79,13 +79,6 @@ def teacher_rewards(ctx, table) -> dict[str, float]:
     return out
 
 
-def _checkpoint(ckpts, learner, cfg, step: int, total: int) -> None:
-    if (step + 1) % cfg.save_every == 0 or step + 1 == total:
-        tmp = ckpts.begin(step + 1)
-        learner.save(tmp, {"step": step + 1})
-        ckpts.commit(tmp, step + 1)
-
-
 @register_stage("distill")
 def run(ctx) -> dict:
     from transformers import AutoTokenizer
@@ -106,19 +99,26 @@ def run(ctx) -> dict:
                  + ", ".join(f"{k}<-{'+'.join(t.name for t, _ in r)}" for k, r in table.items()))
 
     warm, total = cfg.warmup_sft_steps, cfg.warmup_sft_steps + cfg.steps
-    union = UnionSFT(recipe, tok, tasks, recipe.seed) if warm else None
-    learner = Learner(init, recipe.learner_for(cfg.learner), total, seed=recipe.seed)
     ckpts = ctx.checkpoints(cfg.keep_checkpoints)
-    start, latest = 0, ckpts.latest()
-    if latest is not None:
+
+    def save(learner, step: int, last: bool) -> None:
+        if step % cfg.save_every == 0 or last:
+            tmp = ckpts.begin(step)
+            learner.save(tmp, {"step": step})
+            ckpts.commit(tmp, step)
+
+    start_dir = warm_start(ctx, init, tok, tasks, ckpts, save)    # union-SFT start (or ``init`` as it is)
+    learner = Learner(start_dir, recipe.learner_for(cfg.learner), cfg.steps, seed=recipe.seed)
+    start, latest = warm, ckpts.latest()
+    if latest is not None and ckpts.step_of(latest) > warm:
         start = learner.load(latest)["step"]
         ctx.log.info(f"[distill] resumed from {latest.name} (step {start})")
     ctx.metrics.truncate_after(start)
     if ckpts.warnings:
         ctx.manifest.update(warnings=ckpts.warnings)
 
-    engine = HFEngine(model_path=str(init), tokenizer=tok, max_batch=cfg.engine.max_batch)
-    stale = True                                            # the engine's weights lag the learner's
+    engine = HFEngine(model_path=str(start_dir), tokenizer=tok, max_batch=cfg.engine.max_batch)
+    engine.load_weights(rollout_weights(learner, cfg.engine.fp4))
     pool = TeacherPool(teachers, cfg.teacher_memory_gb, threads=ctx.num_cpus, payload=cfg.payload)
     hidden = learner.unwrapped.config.hidden_size
     vocab = learner.unwrapped.get_output_embeddings().weight.shape[0]
@@ -126,19 +126,6 @@ def run(ctx) -> dict:
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
-            if step < warm:                                 # the student's start: SFT on the union
-                res, n_tok = union.step(learner, step)
-                ctx.metrics.log(step + 1, phase="sft", loss=res.loss, lr=res.lr, grad_norm=res.grad_norm,
-                                tokens=n_tok, tokens_per_s=n_tok / max(time.perf_counter() - t0, 1e-9))
-                bar.update(1, sft_loss=res.loss)
-                _checkpoint(ckpts, learner, cfg, step, total)
-                continue
-            if stale:
-                engine.load_weights(rollout_weights(learner, cfg.engine.fp4))
-                stale = False
-            if step == warm and warm and not (ctx.dir / "warmup_eval.json").exists():
-                atomic_write_json(ctx.dir / "warmup_eval.json", held_out(ctx, engine, tok, max_tokens))
-                t0 = time.perf_counter()
             draws = draw_prompts(weights, {d: len(v) for d, v in tasks.items()}, cfg.prompts_per_step,
                                  recipe.seed, step)
             trajs = generate_trajectories(engine, tok, draws, tasks, cfg.samples_per_prompt, cfg.sampling,
@@ -175,7 +162,7 @@ def run(ctx) -> dict:
                 train_s=t_train - t_teach, sync_s=sync_s, step_s=dt,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             bar.update(1, loss=res.loss)
-            _checkpoint(ckpts, learner, cfg, step, total)
+            save(learner, step + 1, step + 1 == total)
     finally:
         pool.close()
 
@@ -189,14 +176,14 @@ def run(ctx) -> dict:
     summary: dict = {"steps": cfg.steps, "warmup_sft_steps": warm, "final_loss": rows[-1]["loss"] if rows else None,
                      "first_loss": rows[0]["loss"] if rows else None}
     before = held_out(ctx, init, tok, max_tokens)
+    warmed = held_out(ctx, start_dir, tok, max_tokens) if warm else {}   # after the union-SFT start
     after = held_out(ctx, ctx.final_dir, tok, max_tokens)
     for key in after:
         for k in ("accuracy", "reward_mean"):
             summary[f"{k}.{key}"] = after[key][k]
             summary[f"start_{k}.{key}"] = before[key][k]
-    warmed = read_json(ctx.dir / "warmup_eval.json", {}) or {}
-    for key, m in warmed.items():
-        summary[f"warm_reward_mean.{key}"] = m["reward_mean"]      # after the union-SFT start, before OPD
+            if warm:
+                summary[f"warm_{k}.{key}"] = warmed[key][k]
     summary.update(teacher_rewards(ctx, table))
     ctx.manifest.update(eval={"start": before, "after_warmup": warmed, "final": after})
     return summary
