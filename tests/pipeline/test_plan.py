@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli, tiny_recipe
-from pipeline.plan import (GB, Cluster, build_plan, dims_from_config, learner_parts, parse_cluster)
+from pipeline.plan import build_plan, dims_from_config, learner_parts, parse_cluster
 from pipeline.recipe import LearnerConfig, RecipeError, load_recipe
 
 GPU_RECIPES = sorted((ROOT / "recipes" / "gpu").glob("*.yaml"))
@@ -31,8 +31,8 @@ def test_gpu_recipes_fit_two_h200_nodes(path):
     learner = grpo.actors[names.index("learner")]
     assert any("ZeRO-3" in n for n in learner.notes)
     engines = [a for a in grpo.actors if a.name.startswith("engine")]
-    tp = grpo_tp = recipe.grpo.engine.tensor_parallel_size
-    assert all(len(e.gpus) == tp for e in engines) and grpo_tp >= 1
+    tp = recipe.grpo.engine.tensor_parallel_size
+    assert engines and all(len(e.gpus) == tp for e in engines)
     if recipe.grpo.placement.strategy == "split":
         assert not set(learner.gpus) & {g for e in engines for g in e.gpus}
     else:
@@ -56,9 +56,12 @@ def test_gpu_recipe_cli_and_too_small_cluster():
 
 
 def test_without_cluster_a_joining_recipe_is_planned_but_not_checked():
-    r = run_cli("plan", "recipes/gpu/think_max_qwen3_8b_colocate.yaml", timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "fit not checked" in r.stdout
+    from pipeline.plan import main_plan
+
+    path = ROOT / "recipes/gpu/think_max_qwen3_8b_colocate.yaml"
+    lines = []
+    rc, err = main_plan(load_recipe(path, check=False), str(path), None, echo=lines.append)
+    assert rc == 0 and err is None and lines[-1] == "fit not checked (no --cluster)"
 
 
 def test_stage_wider_than_a_node_and_bad_cluster_text(tmp_path):
@@ -67,8 +70,8 @@ def test_stage_wider_than_a_node_and_bad_cluster_text(tmp_path):
     assert problems and "cannot span nodes" in problems[0]
     with pytest.raises(RecipeError, match="gpu_mem_gb"):
         parse_cluster("gpus=8")
-    r = run_cli("plan", "recipes/think_max.yaml", "--cluster", "gpus=lots", timeout=120)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--cluster" in r.stderr
+    with pytest.raises(RecipeError, match="--cluster: expected KEY=NUMBER"):
+        parse_cluster("gpus=lots")
 
 
 def test_hub_id_without_size_is_one_line(tmp_path):
