@@ -24,7 +24,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_RUNDIR = 1, 2, 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's default prints usage too)
-        print(f"pipeline: {message}", file=sys.stderr)
+        print(f"pipeline: {_one_line(message)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -87,6 +87,14 @@ def _run_dir(args, recipe) -> Path:
     return Path(args.run_dir) if getattr(args, "run_dir", None) else Path("runs") / recipe.name
 
 
+_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(e) -> str:
+    """An error as one line: line breaks that came in with the input (a key named "a\nb") are shown escaped."""
+    return str(e).translate(str.maketrans(_BREAKS))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["reward"]:
@@ -131,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             _after_run(_run_dir(args, recipe), recipe)
             return rc
     except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunDirError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_RUNDIR
     except OSError as e:  # e.g. a full disk under the run directory: one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_RUNDIR
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -325,7 +325,13 @@ class Recipe(Strict):
         return self.tasks.get(domain, TaskSource())
 
     def learner_for(self, overrides: dict) -> LearnerConfig:
-        return LearnerConfig.model_validate({**self.learner.model_dump(), **overrides})
+        try:
+            return LearnerConfig.model_validate({**self.learner.model_dump(), **overrides})
+        except ValidationError as e:  # one line (a raw ValidationError printed four)
+            err = e.errors()[0]
+            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ValueError(f"a stage's learner overrides (sft/grpo/distill .learner): {_fmt_loc(err['loc'])}: "
+                             f"{what}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +344,7 @@ def _apply_set(data: dict, assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a 5000-digit int, or nested too deep)
         value = raw
     parts = key.strip().split(".")
     node = data
@@ -364,7 +370,7 @@ def _first_error(err: ValidationError, source: str) -> RecipeError:
     if e["type"] == "missing":
         return RecipeError(f"{source}: missing required key {loc!r}")
     got = e.get("input")
-    got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    got_s = "" if isinstance(got, (dict, list)) else f" (got {repr(got)[:200]})"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     msg = e["msg"].removeprefix("Value error, ")
     return RecipeError(f"{source}: {loc}: {msg}{got_s}{more}")
@@ -385,6 +391,10 @@ def read_yaml(path: str | Path) -> dict:
         raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a text file") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise RecipeError(f"{path}: invalid YAML: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the recipe must be a YAML mapping, got {type(data).__name__}")
     return data
