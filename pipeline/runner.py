@@ -188,8 +188,9 @@ class Runner:
         """Keep an interrupted stage's folder (it resumes); clear one whose config or inputs changed."""
         d = self.run_dir / spec.id
         m = stage_status(self.run_dir, spec.id)
-        stale = m and (m.get("config_hash") != spec.config_hash or m.get("inputs_hash") != fp
-                       or m.get("status") == "complete")
+        # (a stage that never started -- skipped because a dependency failed -- has no hashes: nothing to clear)
+        stale = bool(m.get("config_hash")) and (m.get("config_hash") != spec.config_hash
+                                                or m.get("inputs_hash") != fp or m.get("status") == "complete")
         if d.exists() and (fresh or stale):
             trash = d.with_name(f".{spec.id}.stale-{time.time_ns()}")
             os.replace(d, trash)
