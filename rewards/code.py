@@ -18,7 +18,7 @@ _LANG_RE = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """``(language, body)`` of each ```` ``` ```` block (an unclosed last block runs to the end), in linear time.
+    r"""``(language, body)`` of each ```` ``` ```` block (an unclosed last block runs to the end), in linear time.
 
     Same result as ``re.findall(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", text, re.S)``, which is
     quadratic on hostile input (thousands of fences without a newline took seconds, in the calling process)."""
