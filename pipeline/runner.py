@@ -156,6 +156,7 @@ class Runner:
                                      resources=spec.resources.custom or None, name=spec.id
                                      ).remote(spec, self.recipe, str(self.run_dir), fps[spec.id])
                 running[ref] = (spec, time.time())
+                # submitted to Ray, which starts it as soon as its resources are free (manifest `started`)
                 self.echo(f"[start] {spec.id} ({spec.kind}; {spec.resources.num_cpus:g} CPU"
                           f"{f', {spec.resources.num_gpus:g} GPU' if spec.resources.num_gpus else ''})")
             if not running:
@@ -171,7 +172,8 @@ class Runner:
                 summary = ray.get(ready[0])
                 done[spec.id] = "complete"
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, (int, float)))[:300]
-                self.echo(f"[done] {spec.id} in {time.time() - t0:.0f}s {shown}")
+                ran = stage_status(self.run_dir, spec.id).get("wall_s", time.time() - t0)
+                self.echo(f"[done] {spec.id} in {ran:.0f}s {shown}")
                 for w in stage_status(self.run_dir, spec.id).get("warnings") or []:
                     self.echo(f"[warn] {spec.id}: {w}")
             except Exception as e:  # RayTaskError wraps the stage's exception
