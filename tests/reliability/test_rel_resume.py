@@ -1,23 +1,26 @@
-"""Kills, a dead teacher actor, failed writes and corrupted checkpoints during real `pipeline run`s of a tiny
-SFT -> GRPO -> distill recipe; every rerun completes and the result equals an uninterrupted reference run.
+"""One run directory of a tiny SFT -> GRPO -> distill recipe through seven `pipeline run`s, each ended by a fault
+drawn by a seeded RNG; the last run completes and everything equals an uninterrupted reference run.
 
-* Kills: SIGKILL of the driver's whole process group (Ray included) at points drawn by a seeded RNG -- after the
-  k-th checkpoint of SFT, GRPO and distill (plus a random delay into the step after it) and after a random delay
-  from launch. After every kill the stages that were complete keep their manifest ``token``/``finished`` (not re-run);
-  at the end ``metrics.jsonl`` of every trained stage has steps 1..N once each, the consumed-sample counts
-  (``samples_seen``; distill: the running sum of ``sequences``) and the losses equal the reference run's.
-* Dead worker: a distill teacher actor (a Ray actor process) is SIGKILLed mid-stage: the stage recovers or stops
-  with a one-line message and a resumable state -- never hangs; the next run completes with the same losses.
-* Concurrency: while a run holds the run directory, a second `pipeline run` on it exits 3 naming the holder.
-* Write failures (``PIPELINE_FAULT``, an injected ENOSPC) and corrupted checkpoints (flipped bytes, truncation):
-  the stage stops with a clear error, earlier checkpoints and the upstream stage stay intact; on resume the corrupt
-  newest checkpoint is detected by its checksums, the previous one is used, and `pipeline status` says so.
+1. SIGKILL of the driver's process group (Ray included) after the k-th SFT checkpoint -- meanwhile a second
+   `pipeline run` on the locked directory exits 3 naming the holder; then the newest SFT checkpoint gets bytes flipped.
+2. SFT falls back to the previous checkpoint (checksums; a warning in the manifest, `[warn]` in the run output and in
+   `pipeline status`) and completes; writing GRPO's k-th checkpoint fails with an injected ENOSPC (``PIPELINE_FAULT``):
+   exit 1 with a one-line ``[FAIL]``, the earlier checkpoints intact.
+3. SIGKILL after GRPO's next checkpoint; then that checkpoint is truncated.
+4. GRPO falls back and completes; SIGKILL after the k-th distill checkpoint.
+5. A distill teacher actor (a Ray actor process) is SIGKILLed mid-stage: the stage stops with a one-line error and a
+   resumable state (or recovers) -- never hangs.
+6. SIGKILL after a random delay from launch.
+7. The last run completes.
+
+After every run the stages that were complete keep their manifest ``token``/``finished`` (never re-run); at the end
+``metrics.jsonl`` of every trained stage has steps 1..N once each, and the consumed-sample counts (``samples_seen``;
+distill: the running sum of ``sequences``) and the losses equal the reference run's: nothing replayed, nothing skipped.
 """
 import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -97,10 +100,6 @@ def _teacher_pids(session):
 
 def _sha(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _committed(stage_dir):
-    return sorted(p.name for p in (stage_dir / "ckpt").glob("step_*") if (p / "COMMITTED").exists())
 
 
 def _flip(f: Path, rng) -> None:
@@ -239,7 +238,7 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
     js = {x["id"]: x for x in json.loads(cli("status", run_dir, "--json", timeout=120).stdout)["stages"]}
     assert all(any(c in w for w in js[s]["warnings"]) for s, c in corrupt.items()), js
     print(json.dumps(events, indent=1))
-    kills = [e for e in events if e["event"].startswith("driver") and not e.get("ended_before")]
+    kills = [e for e in events if e["event"].startswith("driver") and not e.get("ended_before")]   # landed in a live run
     record("resume_e2e", kill_points=len(kills), stage_kinds=TRAINED, events=events, resumed=resumed,
            teacher_actor_deaths=int(HAS_DISTILL), write_failures=1, corruptions_detected=len(corrupt),
            corruptions=[f"{s}/{c}" for s, c in corrupt.items()], concurrent_runs_refused=1,
