@@ -29,9 +29,9 @@ def test_reward_worker_killed_mid_batch():
 
     domain = "math"
     rng = random.Random("workers")
-    samples = load_tasks(domain, "train", 16, 3)
+    samples = load_tasks(domain, "train", 32, 3)
     # ~1 MB of filler before the answer keeps each item busy for a while, so that kills land mid-item
-    filler = "Let me think about this carefully. " * 30000
+    filler = "Let me think about this carefully. " * 60000
     comps = [filler + gold(s) for s in samples]
     jobs = [{"domain": domain, "completion": c, "sample": s, "mode": "non_think"} for c, s in zip(comps, samples)]
     pool = WorkerPool(2)
@@ -41,7 +41,7 @@ def test_reward_worker_killed_mid_batch():
 
         def killer():
             while not stop.is_set() and len(killed) < 4:
-                time.sleep(rng.uniform(0.3, 1.2))
+                time.sleep(rng.uniform(0.2, 0.6))
                 slot = pool._slots[rng.randrange(pool.workers)]
                 if slot is not None and slot.is_ready and slot.proc.poll() is None and _kill(slot.proc.pid):
                     killed.append(slot.proc.pid)
@@ -56,14 +56,17 @@ def test_reward_worker_killed_mid_batch():
         assert len(verdicts) == len(jobs)
         bad = [v.details for v in verdicts if v.score != 1.0 and "twice" not in str(v.details.get("error"))]
         assert not bad, bad[:2]                            # a killed worker costs no score (the item is retried)
-        assert sum(v.score == 1.0 for v in verdicts) >= len(jobs) - 1
-        assert killed and pool.replaced >= len(killed), (killed, pool.replaced)
+        lost = sum(v.score != 1.0 for v in verdicts)      # each needs two deaths under the same item
+        assert lost <= len(killed) // 2, (lost, killed)
+        # a kill between two items is noticed (and the worker replaced) on the slot's next use, not counted in
+        # ``replaced``, which counts deaths under an item
+        assert killed, "no worker was killed"
         assert wall < 120, wall
         after = pool.map(jobs[:4], 30.0)                   # and the pool keeps serving
         assert [v.score for v in after] == [1.0] * 4
     finally:
         pool.close()
-    record("reward_worker_kill", worker_deaths=len(killed), items=len(jobs),
+    record("reward_worker_kill", worker_deaths=len(killed), deaths_under_an_item=pool.replaced, items=len(jobs),
            items_lost=sum(v.score != 1.0 for v in verdicts), wall_s=round(wall, 1))
 
 
