@@ -122,8 +122,9 @@ class InventoryEnv:
         if call.name == "remove_stock":
             if stock.get(item, 0) < num:
                 return f"error: only {stock.get(item, 0)} {item} in stock"
-            stock[item] -= num
-            return f"ok: {item} stock is {stock[item]}"
+            if num:  # removing 0 of an item never stocked is a no-op, not a KeyError
+                stock[item] = stock.get(item, 0) - num
+            return f"ok: {item} stock is {stock.get(item, 0)}"
         price[item] = num
         return f"ok: {item} price is {num}"
 

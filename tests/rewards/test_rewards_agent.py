@@ -117,3 +117,12 @@ def test_parse_tool_calls_linear_on_many_unclosed():
 def test_parse_transcript_roles():
     t = "a" + "<|end|><|tool|>o<|end|><|assistant|><think>b</think>c<|end|>"
     assert parse_transcript(t, "think_high") == [("assistant", "a"), ("tool", "o"), ("assistant", "b</think>c")]
+
+
+def test_remove_zero_of_unknown_item_is_a_no_op():
+    from rewards.envs import InventoryEnv, ToolCall
+
+    env = InventoryEnv.from_state({"stock": {"apple": 2}, "price": {}})
+    assert env.call(ToolCall("remove_stock", {"item": "plum", "qty": 0})) == "ok: plum stock is 0"
+    assert env.state == {"stock": {"apple": 2}, "price": {}}
+    assert env.call(ToolCall("remove_stock", {"item": "plum", "qty": 1})).startswith("error")
