@@ -37,6 +37,18 @@ def main(run_dir: str) -> None:
         if m:
             print(f"| {d} | " + " | ".join(f"{m.get(f'start_accuracy.{x}', 0):.3f} -> {m.get(f'accuracy.{x}', 0):.3f}"
                                            for x in MODES) + " |")
+    print("\n## GRPO stages: held-out reward of the SFT start vs the teacher (each stage's own evaluation: "
+          "4 samples per prompt at T=1; greedy in brackets)\n")
+    print("| domain | mode | SFT reward | GRPO reward | SFT greedy | GRPO greedy | SFT length | GRPO length | stage s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in DOMAINS:
+        for x in MODES:
+            m = mans.get(f"grpo.{d}.{x}", {})
+            g = m.get("metrics", {})
+            if g:
+                print(f"| {d} | {x} | {g['start_reward_mean']:.3f} | {g['reward_mean']:.3f} | "
+                      f"{g['start_reward_mean_greedy']:.3f} | {g['reward_mean_greedy']:.3f} | "
+                      f"{g['start_length_mean']:.1f} | {g['length_mean']:.1f} | {m.get('wall_s', 0):.0f} |")
     rows = json.loads((run / "eval" / "results.json").read_text()) if (run / "eval" / "results.json").exists() else []
     val = {(r["model"], r["domain"], r["mode"], r["metric"]): r["value"] for r in rows}
     if rows:
