@@ -36,17 +36,10 @@ def _plt():
 
 
 def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(r, dict):
-            rows.append(r)
-    return rows
+    """A stage's metrics.jsonl rows (a torn last line from a kill is dropped), via the run directory's own reader."""
+    from .core.rundir import MetricsLog
+
+    return [r for r in MetricsLog(path).rows() if isinstance(r, dict)]
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
