@@ -2,7 +2,7 @@
 
 Reads only the run directory: each stage's ``manifest.json`` and ``metrics.jsonl`` and ``eval/results.json``.
 Plots: reward / accuracy / response-length (and KL, clip fraction, entropy when logged) per GRPO stage, SFT loss,
-per-teacher KL during distillation (``kl.*`` keys), a student-vs-teachers heatmap of greedy reward per
+per-teacher KL during distillation (``kl.*`` keys), a student-vs-teachers heatmap of held-out reward per
 domain x mode, and the stage timeline (what ran when, with which resources). Stages that do not exist, have not run
 or logged nothing are simply left out. No network, no JavaScript: the folder can be copied anywhere.
 
@@ -199,7 +199,7 @@ def plot_heatmap(rows: list[dict], out: Path, metric: str = "reward_mean") -> st
             if np.isfinite(arr[i, j]):
                 ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if arr[i, j] < 0.5 else "black")
-    ax.set_title(f"greedy {metric}: student vs teachers (grey: not evaluated)", fontsize=9)
+    ax.set_title(f"{metric} (sampled, T=1): student vs teachers (grey: not evaluated)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return _save(fig, out, f"heatmap_{metric}.png")
 
