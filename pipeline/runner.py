@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 import traceback
 import uuid
@@ -35,10 +36,10 @@ def _node_info() -> dict:
         return {}
 
 
-def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: str) -> dict:
+def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: str, driver=None) -> dict:
     """Body of the Ray task: runs one stage in its own worker process and writes its manifest."""
     import pipeline.stages  # noqa: F401  (registers the stage kinds)
-    from .core.context import StageContext
+    from .core.context import DriverGone, StageContext
     from .core.registry import STAGE_KINDS
 
     num_cpus = max(1, int(spec.resources.num_cpus))
@@ -51,7 +52,9 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
     stage_dir = Path(run_dir) / spec.id
     ctx = StageContext(stage_id=spec.id, kind=spec.kind, dir=stage_dir, config=spec.config, recipe=recipe,
                        deps={d: Path(run_dir) / d / "final" for d in spec.deps}, seed=recipe.seed,
-                       num_cpus=num_cpus, num_gpus=spec.resources.num_gpus, domain=spec.domain, mode=spec.mode)
+                       num_cpus=num_cpus, num_gpus=spec.resources.num_gpus, domain=spec.domain, mode=spec.mode,
+                       driver=driver)
+    ctx.check_driver()
     m = ctx.manifest.read()
     ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=spec.config_hash,
                         inputs_hash=inputs_hash, started=m.get("started") or now(), finished=None, error=None,
@@ -61,6 +64,9 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
     t0 = time.time()
     try:
         summary = STAGE_KINDS[spec.kind](ctx) or {}
+        ctx.check_driver()
+    except DriverGone:
+        raise  # leave the manifest to whoever owns the run directory now
     except BaseException as e:
         ctx.log.error("".join(traceback.format_exception(e)))
         ctx.manifest.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
@@ -154,7 +160,8 @@ class Runner:
                 self._prepare_dir(spec, fps[spec.id], fresh)
                 ref = remote.options(num_cpus=spec.resources.num_cpus, num_gpus=spec.resources.num_gpus,
                                      resources=spec.resources.custom or None, name=spec.id
-                                     ).remote(spec, self.recipe, str(self.run_dir), fps[spec.id])
+                                     ).remote(spec, self.recipe, str(self.run_dir), fps[spec.id],
+                                              (socket.gethostname(), os.getpid()))
                 running[ref] = (spec, time.time())
                 # submitted to Ray, which starts it as soon as its resources are free (manifest `started`)
                 self.echo(f"[start] {spec.id} ({spec.kind}; {spec.resources.num_cpus:g} CPU"

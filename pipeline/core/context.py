@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -10,6 +12,10 @@ from typing import Any
 
 from .checkpoints import Checkpoints
 from .rundir import Manifest, MetricsLog
+
+
+class DriverGone(RuntimeError):
+    """The run that launched a stage no longer owns the run directory."""
 
 
 @dataclass
@@ -26,6 +32,7 @@ class StageContext:
     domain: str | None = None
     mode: str | None = None
     extra: dict = field(default_factory=dict)
+    driver: tuple | None = None  # (hostname, pid) of the `pipeline run` that launched this stage
 
     def __post_init__(self):
         self.dir = Path(self.dir)
@@ -36,6 +43,25 @@ class StageContext:
 
         self.metrics = MetricsLog(self.dir / "metrics.jsonl",
                                   sinks=metric_sinks(self.recipe, self.stage_id, self.dir.parent, self.log.warning))
+
+    def check_driver(self) -> None:
+        """Stop if the `pipeline run` that launched this stage is gone (SIGKILLed) or another run took the lock.
+
+        Ray normally ends a dead driver's workers, but not instantly; an orphaned worker must not keep writing
+        checkpoints or mark the stage complete behind the back of the next run.
+        """
+        if not self.driver or self.driver[0] != socket.gethostname():
+            return  # on another node Ray's own job cleanup is the guard
+        pid = self.driver[1]
+        try:
+            os.kill(pid, 0)
+            holder = (self.dir.parent / ".lock").read_text().strip()
+        except ProcessLookupError:
+            raise DriverGone(f"{self.stage_id}: the pipeline run (pid {pid}) is gone; stopping") from None
+        except OSError:
+            return
+        if holder and holder != str(pid):
+            raise DriverGone(f"{self.stage_id}: another pipeline run (pid {holder}) holds the run directory")
 
     def checkpoints(self, keep: int = 2) -> Checkpoints:
         return Checkpoints(self.dir, keep=keep)
@@ -57,6 +83,7 @@ class Progress:
         self.t0, self.n0, self.last = time.time(), initial, 0.0
 
     def update(self, n: int = 1, **metrics) -> None:
+        self.ctx.check_driver()
         self.n += n
         t = time.time()
         if t - self.last >= self.every_s or self.n >= self.total:
