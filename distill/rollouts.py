@@ -40,23 +40,24 @@ def _seed(seed: int, step: int, group: str) -> int:
 
 def generate_trajectories(engine, tok, draws: list[Draw], tasks: dict[str, list[dict]], samples_per_prompt: int,
                           sampling, max_tokens: dict[str, int], seed: int, step: int) -> list[Trajectory]:
-    """``samples_per_prompt`` trajectories per draw. Agent draws run as tool episodes, one engine loop per mode;
-    the others share one engine call per generation budget (modes differ only in their prompts). Every call is
-    seeded from (seed, step, group), so a resumed run samples exactly the same tokens."""
-    groups: dict[tuple, list[Draw]] = {}
+    """``samples_per_prompt`` trajectories per draw, in two engine loops whatever the mix of modes: one for the
+    agent draws (tool episodes) and one for all the others. Each trajectory keeps its own mode's token budget: a
+    completion sampled past it is cut there, which is exactly a sample drawn with that limit. Both calls are seeded
+    from (seed, step), so a resumed run samples exactly the same tokens."""
+    groups: dict[str, list[Draw]] = {}
     for d in draws:
-        gkey = ("agent", d.mode) if d.domain == "agent" else ("text", max_tokens[d.mode])
-        groups.setdefault(gkey, []).append(d)
+        groups.setdefault("agent" if d.domain == "agent" else "text", []).append(d)
     out: list[Trajectory] = []
-    for (kind, what), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for kind, group in sorted(groups.items()):
         samples = [tasks[d.domain][d.task] for d in group]
         prompts = [encode_prompt(tok, prompt_messages(s), d.mode) for s, d in zip(samples, group)]
-        budget = max_tokens[what] if kind == "agent" else what
+        budgets = [max_tokens[d.mode] for d in group]
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                max_tokens=budget, seed=_seed(seed, step, f"{kind}.{what}"))
+                                max_tokens=max(budgets), seed=_seed(seed, step, kind))
+        rep = [i for i in range(len(group)) for _ in range(samples_per_prompt)]
         if kind == "agent":
-            rep = [i for i in range(len(group)) for _ in range(samples_per_prompt)]
-            eps = run_episodes(engine, tok, [prompts[i] for i in rep], [samples[i] for i in rep], what, params)
+            eps = run_episodes(engine, tok, [prompts[i] for i in rep], [samples[i] for i in rep],
+                               [group[i].mode for i in rep], params, max_tokens=[budgets[i] for i in rep])
             for i, e in zip(rep, eps):
                 ids = e.prompt_ids + e.ids
                 out.append(Trajectory(group[i], ids, loss_positions([0] * len(e.prompt_ids) + e.loss_mask)))
@@ -64,7 +65,7 @@ def generate_trajectories(engine, tok, draws: list[Draw], tasks: dict[str, list[
             outs = engine.generate(prompts, replace(params, n=samples_per_prompt))
             for i, comps in enumerate(outs):
                 for c in comps:
-                    ids = list(c.prompt_ids) + list(c.token_ids)
-                    out.append(Trajectory(group[i], ids, loss_positions([0] * len(c.prompt_ids)
-                                                                        + [1] * len(c.token_ids))))
+                    gen = list(c.token_ids)[:budgets[i]]
+                    ids = list(c.prompt_ids) + gen
+                    out.append(Trajectory(group[i], ids, loss_positions([0] * len(c.prompt_ids) + [1] * len(gen))))
     return [t for t in out if t.positions]

@@ -119,7 +119,7 @@ def run(ctx) -> dict:
 
     engine = HFEngine(model_path=str(start_dir), tokenizer=tok, max_batch=cfg.engine.max_batch)
     engine.load_weights(rollout_weights(learner, cfg.engine.fp4))
-    pool = TeacherPool(teachers, cfg.teacher_memory_gb, threads=ctx.num_cpus, payload=cfg.payload)
+    pool = TeacherPool(teachers, cfg.teacher_memory_gb, threads=1, payload=cfg.payload)   # many actors share the cores
     hidden = learner.unwrapped.config.hidden_size
     vocab = learner.unwrapped.get_output_embeddings().weight.shape[0]
     bar = ctx.progress(total, initial=start)

@@ -147,22 +147,41 @@ class TeacherPool:
         return sum(self.rss.values())
 
     def _actor(self, name: str):
-        if name in self.actors:
-            self.actors.move_to_end(name)
-            return self.actors[name]
-        need = self._estimate(name)
+        if name not in self.actors:
+            self._start([name])
+        self.actors.move_to_end(name)
+        return self.actors[name]
+
+    def _start(self, names: list[str]) -> None:
+        """Start the actors for ``names`` (none resident) together: evict least-recently-used actors outside
+        ``names`` until all fit the budget, then load them in parallel (process start-up overlaps)."""
+        need = sum(self._estimate(n) for n in names)
         while self.actors and self.resident_bytes() + need > self.budget:
             old, actor = self.actors.popitem(last=False)
             self.ray.kill(actor)
             self.rss.pop(old, None)
             self.evictions += 1
         t = time.perf_counter()
-        actor = self.remote_cls.remote(self.teachers[name].folder, self.threads, self.dtype)
-        self.rss[name] = self.ray.get(actor.load.remote())
+        started = {n: self.remote_cls.remote(self.teachers[n].folder, self.threads, self.dtype) for n in names}
+        for n, rss in zip(started, self.ray.get([a.load.remote() for a in started.values()])):
+            self.rss[n] = rss
+            self.actors[n] = started[n]
         self.load_s += time.perf_counter() - t
-        self.loads += 1
-        self.actors[name] = actor
-        return actor
+        self.loads += len(names)
+
+    def _batch_to_start(self, names: list[str]) -> list[str]:
+        """The longest prefix of the missing ``names`` whose estimated memory fits the budget next to the
+        resident teachers among ``names`` (at least one: a teacher larger than the budget runs alone)."""
+        kept = sum(self.rss.get(n, 0) for n in names if n in self.actors)
+        out, total = [], kept
+        for n in names:
+            if n in self.actors:
+                continue
+            total += self._estimate(n)
+            if out and total > self.budget:
+                break
+            out.append(n)
+        return out
 
     def head(self, name: str) -> torch.Tensor:
         """The teacher's output head ``[V, H]``, fetched once and kept on the learner (never evicted)."""
@@ -172,13 +191,16 @@ class TeacherPool:
 
     def run(self, requests: dict[str, tuple[list, list]]) -> dict[str, list[torch.Tensor]]:
         """``{teacher: (seqs, positions)}`` -> ``{teacher: [payload per sequence]}``. Teachers already resident
-        go first (in parallel); the others are started one by one, evicting as needed after earlier results."""
+        go first (in parallel); the others are started in batches that fit the budget, evicting as needed after
+        earlier results are in."""
         order = sorted(requests, key=lambda n: n not in self.actors)
         pending, out = {}, {}
         for name in order:
-            if name not in self.actors and pending:      # about to start (and maybe evict): settle first
-                out.update(zip(pending, self.ray.get(list(pending.values()))))
-                pending = {}
+            if name not in self.actors:
+                if pending:                                   # about to start (and maybe evict): settle first
+                    out.update(zip(pending, self.ray.get(list(pending.values()))))
+                    pending = {}
+                self._start(self._batch_to_start([n for n in order if n not in out]))
             self.head(name)
             seqs, pos = requests[name]
             pending[name] = self._actor(name).forward.remote(seqs, pos, self.payload)

@@ -57,6 +57,8 @@ def stage_progress(run_dir: Path, spec) -> dict:
     except (OSError, json.JSONDecodeError):
         manifest = {}
     total = getattr(spec.config, "steps", None) or manifest.get("progress_total")
+    if total and getattr(spec.config, "warmup_sft_steps", 0):   # distill numbers its warm-up steps first
+        total += spec.config.warmup_sft_steps
     rows = _tail_rows(d / "metrics.jsonl")
     out = {"step": None, "total": total, "eta_s": None, "metric": None, "value": None}
     if not rows:

@@ -83,6 +83,7 @@ class TaskSource(Strict):
     train_split: str = "train"
     eval_split: str = "test"
     fields: dict[str, str] = {}         # our field name -> the source's column name
+    params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
     n_train: int = Field(2000, ge=1)
     n_eval: int = Field(32, ge=1)       # held-out prompts per mode
 
@@ -180,6 +181,8 @@ class GRPOConfig(Strict):
     sampling: Sampling = Sampling()
     advantage: str = "grpo"                 # rewards -> advantages registry (grpo, dr_grpo)
     loss_agg: str = "token_mean"            # token_mean | seq_mean_token_mean | dr_grpo
+    baseline_shift: float = Field(0.0, ge=0)   # AsymRE: baseline = group mean - shift (favours positive samples)
+    negative_weight: float = Field(1.0, ge=0, le=1)  # scale on negative advantages (1 = plain GRPO)
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0)       # unbiased k3 x pi_theta/pi_old against the init model; 0 = off
@@ -319,6 +322,16 @@ class Recipe(Strict):
     def _unique(cls, v):
         if len(set(v)) != len(v) or not v:
             raise ValueError("must be a non-empty list without repeats")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _generator_params(cls, v):
+        from rewards.tasks import generate
+
+        for d, src in v.items():                 # a bad generator parameter fails here, naming its key
+            if src.params and src.source == "generated":
+                generate(d, "train", 1, 0, src.params)
         return v
 
     def task_source(self, domain: str) -> TaskSource:

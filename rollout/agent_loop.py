@@ -33,15 +33,24 @@ class Episode:
         return sum(self.loss_mask)
 
 
-def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mode: str,
-                 params: SamplingParams, max_turns: int | None = None) -> list[Episode]:
-    """One episode per (prompt, sample); ``params.n`` must be 1 (repeat samples for groups)."""
+def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mode,
+                 params: SamplingParams, max_turns: int | None = None,
+                 max_tokens: list[int] | None = None) -> list[Episode]:
+    """One episode per (prompt, sample); ``params.n`` must be 1 (repeat samples for groups).
+
+    ``mode`` is one reasoning mode for all episodes or a list with one per episode; ``max_tokens`` optionally caps
+    each episode's turns below ``params.max_tokens`` (a turn cut there ends with ``finish_reason == "length"``,
+    exactly as if it had been sampled with that limit), so episodes of several modes share every engine call."""
     if params.n != 1:
         raise ValueError("run_episodes samples one completion per episode; repeat the prompts for groups")
+    modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
+    limits = list(max_tokens) if max_tokens is not None else [params.max_tokens] * len(prompts)
+    if len(modes) != len(prompts) or len(limits) != len(prompts):
+        raise ValueError("run_episodes: one mode and one max_tokens per prompt")
     envs = [InventoryEnv.from_state(json.loads(s["initial_state"])) for s in samples]
     eps = [Episode(prompt_ids=list(p)) for p in prompts]
     caps = [max_turns or int(s.get("max_turns", 4)) for s in samples]
-    next_prompt = generation_prompt(tok, mode)
+    next_prompt = {m: generation_prompt(tok, m) for m in set(modes)}
     while True:
         active = [i for i, e in enumerate(eps) if not e.done]
         if not active:
@@ -49,20 +58,24 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
         outs = engine.generate([eps[i].prompt_ids + eps[i].ids for i in active], params)
         for i, comps in zip(active, outs):
             c, e = comps[0], eps[i]
-            e.ids += c.token_ids
-            e.loss_mask += [1] * len(c.token_ids)
-            e.logprobs += c.logprobs
-            e.sampling_mask += c.sampling_mask or [None] * len(c.token_ids)
+            ids, finish, text = c.token_ids, c.finish_reason, c.text
+            if len(ids) > limits[i]:
+                ids, finish = ids[:limits[i]], "length"
+                text = tok.decode(ids, skip_special_tokens=False)
+            e.ids += ids
+            e.loss_mask += [1] * len(ids)
+            e.logprobs += c.logprobs[:len(ids)]
+            e.sampling_mask += (c.sampling_mask or [None] * len(c.token_ids))[:len(ids)]
             e.turns += 1
-            calls = parse_tool_calls(c.text)
-            if c.finish_reason != "stop" or not calls or e.turns >= caps[i]:
+            calls = parse_tool_calls(text)
+            if finish != "stop" or not calls or e.turns >= caps[i]:
                 e.done = True
-                e.finish_reason = ("length" if c.finish_reason != "stop" else "stop" if not calls else "turn_cap")
+                e.finish_reason = ("length" if finish != "stop" else "stop" if not calls else "turn_cap")
                 continue
             obs = "\n".join(envs[i].call(call) for call in calls)
-            seg, _ = encode_segment(tok, "tool", obs, mode)
-            e.ids += seg + next_prompt
-            e.loss_mask += [0] * (len(seg) + len(next_prompt))
+            seg, _ = encode_segment(tok, "tool", obs, modes[i])
+            e.ids += seg + next_prompt[modes[i]]
+            e.loss_mask += [0] * (len(seg) + len(next_prompt[modes[i]]))
 
 
 def transcript(tok, episode: Episode) -> str:

@@ -44,6 +44,13 @@ def dr_grpo_advantages(rewards_P_G: torch.Tensor) -> torch.Tensor:
     return rewards_P_G - rewards_P_G.mean(-1, keepdim=True)
 
 
+def asymmetric(adv_P_G: torch.Tensor, baseline_shift: float = 0.0, negative_weight: float = 1.0) -> torch.Tensor:
+    """Asymmetric advantages: lower the baseline by ``baseline_shift`` (AsymRE) and scale negative advantages by
+    ``negative_weight``. (0, 1) is the identity."""
+    adv = adv_P_G + baseline_shift
+    return torch.where(adv < 0, adv * negative_weight, adv)
+
+
 @register_aggregation("token_mean")
 def token_mean(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, max_len: int | None = None) -> tuple:
     """Σ loss over all tokens / number of tokens (DAPO's token-level mean). Returns (sum, denominator)."""

@@ -20,7 +20,7 @@ from pipeline.core.rundir import replace_dir
 from rewards.tasks import load_tasks
 from rollout.engine import SamplingParams, make_engine
 
-from .algos import ADVANTAGES, LOSS_AGGREGATIONS, entropy, masked_logprobs, policy_loss
+from .algos import ADVANTAGES, LOSS_AGGREGATIONS, asymmetric, entropy, masked_logprobs, policy_loss
 from .evaluate import evaluate
 from .learner import Learner
 from .rollouts import collect, to_minibatches
@@ -91,7 +91,7 @@ def run(ctx) -> dict:
                                 return_sampling_mask=cfg.keep_sampling_mask and truncating)
         ro = collect(engine, tok, batch, mode, cfg.group_size, params, shaping, workers=ctx.num_cpus)
         t_roll = time.time() - t0
-        adv = ADVANTAGES[cfg.advantage](ro.reward_P_G)
+        adv = asymmetric(ADVANTAGES[cfg.advantage](ro.reward_P_G), cfg.baseline_shift, cfg.negative_weight)
         mbs = to_minibatches(ro, adv, cfg.minibatches, tok.pad_token_id, learner.unwrapped.config.vocab_size,
                              use_keep=cfg.keep_sampling_mask and truncating)
         # π_old (and π_ref, and the routes to keep) from the weights that sampled this batch

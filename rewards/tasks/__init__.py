@@ -31,18 +31,34 @@ def _split_of(prompt: str) -> str:
     return "test" if h % 8 == 0 else "train"
 
 
-def generate(domain: str, split: str, n: int, seed: int = 0) -> list[dict]:
-    """``n`` distinct samples of ``domain`` belonging to ``split``, reproducible from ``seed``."""
+def generator_params(domain: str) -> set[str]:
+    """The keyword parameters ``domain``'s generator accepts (e.g. math's ``max_n``)."""
+    import inspect
+
+    return set(list(inspect.signature(_module(domain).sample).parameters)[1:])
+
+
+def generate(domain: str, split: str, n: int, seed: int = 0, params: dict | None = None) -> list[dict]:
+    """``n`` distinct samples of ``domain`` belonging to ``split``, reproducible from ``seed``; ``params`` go to
+    the domain's generator (see :func:`generator_params`)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected train or test")
     mod = _module(domain)
+    params = dict(params or {})
+    unknown = set(params) - generator_params(domain)
+    if unknown:
+        raise ValueError(f"tasks.{domain}.params: unknown {sorted(unknown)} "
+                         f"(the {domain} generator takes {sorted(generator_params(domain)) or 'none'})")
     rng = random.Random(f"{domain}:{seed}:{split}")
     out, seen, tries = [], set(), 0
     while len(out) < n:
         tries += 1
         if tries > 200 * max(n, 10):
             raise ValueError(f"{domain}: cannot generate {n} distinct {split} samples (got {len(out)})")
-        s = mod.sample(rng)
+        try:
+            s = mod.sample(rng, **params)
+        except ValueError as e:
+            raise ValueError(f"tasks.{domain}.params: {e}") from None
         key = json.dumps(s, sort_keys=True)
         if key in seen or _split_of(s["prompt"]) != split:
             continue
@@ -90,7 +106,7 @@ def load_tasks(domain: str, split: str, n: int, seed: int = 0, source: dict | No
     whose columns are mapped to our fields by ``source["fields"]`` (our name -> column)."""
     source = source or {}
     if source.get("source", "generated") == "generated":
-        return generate(domain, split, n, seed)
+        return generate(domain, split, n, seed, source.get("params"))
     import datasets
 
     split_name = source.get("train_split", "train") if split == "train" else source.get("eval_split", "test")

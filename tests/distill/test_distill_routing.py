@@ -139,3 +139,27 @@ def test_pool_evicts_least_recently_used_under_the_budget():
     assert out["C"][0].shape == (2, 2) and set(pool.heads) == {"A", "B", "C"}   # heads stay on the learner
     pool.run({"B": req})
     assert fake.killed == ["/t/B", "/t/A"] and list(pool.actors) == ["C", "B"] and pool.loads == 4
+
+
+def test_pool_starts_the_teachers_that_fit_together():
+    from distill.teachers import TeacherPool
+
+    teachers = {n: Teacher(n, f"/t/{n}") for n in "ABC"}
+    pool = TeacherPool(teachers, budget_gb=1.0)          # two fit at a time
+    fake = pool.ray = _FakeRay()
+    gets = []
+    fake.get = lambda x: (gets.append(len(x) if isinstance(x, list) else 1), x)[1]
+    pool.remote_cls = _Remote(lambda folder, threads, dtype: _FakeActor(fake, folder))
+    req = ([[1, 2, 3]], [[0, 1]])
+    out = pool.run({"A": req, "B": req, "C": req})
+    assert set(out) == {"A", "B", "C"} and pool.loads == 3
+    assert gets[0] == 2                                  # A and B loaded by one parallel get, then C alone
+    assert fake.killed == ["/t/A"] and list(pool.actors) == ["B", "C"]
+
+    big = TeacherPool(teachers, budget_gb=8.0)
+    fake2 = big.ray = _FakeRay()
+    gets.clear()
+    fake2.get = lambda x: (gets.append(len(x) if isinstance(x, list) else 1), x)[1]
+    big.remote_cls = _Remote(lambda folder, threads, dtype: _FakeActor(fake2, folder))
+    big.run({"A": req, "B": req, "C": req})
+    assert gets[0] == 3 and big.evictions == 0           # all three start at once

@@ -115,3 +115,29 @@ def test_run_episodes_append_only_and_loss_mask(tiny_dir):
         for a, b in zip(reqs, reqs[1:]):
             assert b[:len(a)] == a and len(b) > len(a)
         assert reqs[-1] + engine.emitted[i][-1][0] == prompts[i] + eps[i].ids
+
+
+def test_run_episodes_mixes_modes_and_caps_turns_per_episode(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    modes = ["think_max", "non_think"]
+    samples = gen_tasks("agent", "test", 2, 1)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": s["prompt"]}], m) for s, m in zip(samples, modes)]
+    items = [sorted(json.loads(s["initial_state"])["stock"])[0] for s in samples]
+    scripts = [[_call_pieces("get_stock", items[0]), ["Done.", END]],
+               [_call_pieces("get_stock", items[1]), ["Done.", END]]]
+    engine = ScriptedEngine(tok, prompts, scripts)
+    cap = 3                                              # episode 1's turns may hold 3 tokens
+    eps = run_episodes(engine, tok, prompts, samples, modes, SamplingParams(temperature=1.0, max_tokens=64),
+                       max_tokens=[64, cap])
+    # episode 0 ran both turns; its next-generation prompt is its own mode's
+    assert eps[0].turns == 2 and eps[0].finish_reason == "stop"
+    first = engine.emitted[0][0][0]
+    obs = "\n".join(InventoryEnv.from_state(json.loads(samples[0]["initial_state"])).call(c)
+                    for c in parse_tool_calls(tok.decode(first, skip_special_tokens=False)))
+    seg, _ = encode_segment(tok, "tool", obs, modes[0])
+    assert eps[0].ids[len(first):len(first) + len(seg) + len(generation_prompt(tok, "think_max"))] == \
+        seg + generation_prompt(tok, "think_max")
+    # episode 1 was cut at its cap: exactly the first 3 sampled tokens, then stop with "length"
+    assert eps[1].turns == 1 and eps[1].finish_reason == "length"
+    assert eps[1].ids == engine.emitted[1][0][0][:cap] and eps[1].logprobs == engine.emitted[1][0][1][:cap]
+    assert eps[1].loss_mask == [1] * cap

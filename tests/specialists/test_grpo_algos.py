@@ -125,3 +125,14 @@ def test_short_grpo_run_raises_a_trivial_reward(tiny_dir):
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means
     moved = [n for n, p in learner.unwrapped.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert len(moved) > 5
+
+
+def test_asymmetric_advantages_shift_and_scale_by_hand():
+    from specialists.algos import asymmetric
+
+    adv = torch.tensor([[0.75, -0.25, -0.25, -0.25]])
+    assert torch.equal(asymmetric(adv), adv)                                # defaults: plain GRPO
+    assert torch.allclose(asymmetric(adv, negative_weight=0.5), torch.tensor([[0.75, -0.125, -0.125, -0.125]]))
+    # baseline 0.1 lower: every advantage +0.1, then the negatives scaled
+    assert torch.allclose(asymmetric(adv, 0.1, 0.5), torch.tensor([[0.85, -0.075, -0.075, -0.075]]))
+    assert torch.allclose(asymmetric(torch.zeros(1, 3), 0.1), torch.full((1, 3), 0.1))   # all-equal group

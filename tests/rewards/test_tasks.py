@@ -1,0 +1,39 @@
+"""Task generator parameters: math's ``max_n`` bounds the operands; unknown or bad parameters are one-line errors."""
+import re
+
+import pytest
+
+from rewards.tasks import generate, generator_params, load_tasks
+
+
+def _operands(q: str) -> list[int]:
+    nums = [int(x) for x in re.findall(r"\d+", q)]
+    if q.startswith("Solve for x: x +"):      # x + a = a+x: a is the operand, the right side their sum
+        return nums[:1]
+    if q.startswith("Solve for x:"):          # kx = k*x
+        return nums[:1]
+    if " has " in q:                          # a, gets b more, gives away c <= a + b - 1
+        return nums[:2]
+    if "/" in q:                              # a/d + b/d: a, b <= d
+        return [nums[1]]
+    return nums                               # a + b * c
+
+
+def test_math_max_n_bounds_the_operands_and_the_default_is_unchanged():
+    assert generator_params("math") == {"max_n"} and generator_params("code") == set()
+    assert generate("math", "train", 40, 3) == generate("math", "train", 40, 3, {"max_n": 9})
+    small = generate("math", "train", 80, 3, {"max_n": 4})
+    assert all(max(_operands(s["question"])) <= 4 for s in small)
+    assert max(max(_operands(s["question"])) for s in generate("math", "train", 80, 3)) > 4
+    # the recipe's source dict carries the parameters
+    assert load_tasks("math", "test", 5, 1, {"source": "generated", "params": {"max_n": 4}}) == \
+        generate("math", "test", 5, 1, {"max_n": 4})
+
+
+def test_bad_generator_parameters_name_the_field():
+    with pytest.raises(ValueError, match=r"tasks.math.params: unknown \['digits'\]"):
+        generate("math", "train", 1, 0, {"digits": 3})
+    with pytest.raises(ValueError, match=r"tasks.math.params: max_n must be in 2..9"):
+        generate("math", "train", 1, 0, {"max_n": 12})
+    with pytest.raises(ValueError, match=r"tasks.code.params: unknown"):
+        generate("code", "train", 1, 0, {"max_n": 4})
