@@ -186,6 +186,7 @@ class GRPOConfig(Strict):
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0)       # unbiased k3 x pi_theta/pi_old against the init model; 0 = off
+    entropy_coef: float = 0.0               # loss -= coef * entropy: > 0 exploration bonus, < 0 sharpening
     offpolicy_mask: bool = True
     offpolicy_delta: float = Field(0.5, ge=0)
     keep_sampling_mask: bool = True

@@ -93,12 +93,15 @@ class PolicyLossOut:
 def policy_loss(logp_B_T: torch.Tensor, old_logp_B_T: torch.Tensor, adv_B: torch.Tensor, mask_B_T: torch.Tensor, *,
                 clip_low: float, clip_high: float, ref_logp_B_T: torch.Tensor | None = None, kl_coef: float = 0.0,
                 offpolicy_delta: float | None = None, aggregation: str = "token_mean",
-                max_len: int | None = None) -> PolicyLossOut:
+                max_len: int | None = None, entropy_B_T: torch.Tensor | None = None,
+                entropy_coef: float = 0.0) -> PolicyLossOut:
     """The clipped surrogate with DeepSeek's stabilizers, per token, then aggregated.
 
     ``ratio = π_θ/π_old``; surrogate ``−min(ratio·A, clip(ratio, 1−clip_low, 1+clip_high)·A)``; plus
     ``kl_coef · ratio · k3(π_θ, π_ref)`` (the unbiased KL estimate under samples from π_old); sequences failing the
-    off-policy test are masked out.
+    off-policy test are masked out. With ``entropy_coef`` and the per-token entropy ``entropy_B_T`` (differentiable),
+    ``− entropy_coef · H`` is added per token: a positive coefficient is the usual exploration bonus, a negative one
+    minimises the entropy (sharpens the policy), as verl's ``entropy_coeff``.
     """
     log_ratio = logp_B_T - old_logp_B_T
     ratio = torch.exp(log_ratio)
@@ -114,6 +117,8 @@ def policy_loss(logp_B_T: torch.Tensor, old_logp_B_T: torch.Tensor, adv_B: torch
     if ref_logp_B_T is not None and kl_coef > 0:
         kl = ratio * k3_kl(logp_B_T, ref_logp_B_T)
         loss = loss + kl_coef * kl
+    if entropy_B_T is not None and entropy_coef:
+        loss = loss - entropy_coef * entropy_B_T
     loss_sum, denom = LOSS_AGGREGATIONS[aggregation](loss, mask, max_len)
     with torch.no_grad():
         n = mask_B_T.float().sum().clamp(min=1)
@@ -133,6 +138,17 @@ def masked_logprobs(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor, temper
     if keep_B_T_V is not None:
         x = x.masked_fill(~keep_B_T_V, float("-inf"))
     return torch.log_softmax(x, -1).gather(-1, tokens_B_T[..., None]).squeeze(-1)
+
+
+def token_entropy(logits_B_T_V: torch.Tensor, temperature: float = 1.0,
+                  keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token entropy ``[B, T]`` of the (temperature-scaled, kept-set) distribution the sampler drew from;
+    differentiable."""
+    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
+    if keep_B_T_V is not None:
+        x = x.masked_fill(~keep_B_T_V, float("-inf"))
+    lp = torch.log_softmax(x, -1)
+    return -(lp.exp() * lp.masked_fill(~torch.isfinite(lp), 0.0)).sum(-1)
 
 
 def entropy(logits_B_T_V: torch.Tensor, mask_B_T: torch.Tensor) -> float:

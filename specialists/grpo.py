@@ -20,7 +20,8 @@ from pipeline.core.rundir import replace_dir
 from rewards.tasks import load_tasks
 from rollout.engine import SamplingParams, make_engine
 
-from .algos import ADVANTAGES, LOSS_AGGREGATIONS, asymmetric, entropy, masked_logprobs, policy_loss
+from .algos import (ADVANTAGES, LOSS_AGGREGATIONS, asymmetric, entropy, masked_logprobs, policy_loss,
+                    token_entropy)
 from .evaluate import evaluate
 from .learner import Learner
 from .rollouts import collect, to_minibatches
@@ -120,7 +121,9 @@ def run(ctx) -> dict:
             out = policy_loss(logp, mb["old_logp"], mb["adv"], mb["mask"], clip_low=cfg.clip_low,
                               clip_high=cfg.clip_high, ref_logp_B_T=mb.get("ref_logp"), kl_coef=cfg.kl_coef,
                               offpolicy_delta=cfg.offpolicy_delta if cfg.offpolicy_mask else None,
-                              aggregation=agg, max_len=budget)
+                              aggregation=agg, max_len=budget, entropy_coef=cfg.entropy_coef,
+                              entropy_B_T=(token_entropy(logits, s.temperature, mb["keep"])
+                                           if cfg.entropy_coef else None))
             return out.loss_sum, {**out.metrics, "entropy": entropy(logits.detach(), mb["mask"])}
 
         results = [learner.step(loss_fn, [mb]) for _ in range(cfg.ppo_epochs) for mb in mbs]
