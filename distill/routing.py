@@ -82,6 +82,15 @@ def mixture_weights(cfg, domains: list[str], modes: list[str], table: dict) -> d
     return weights
 
 
+def domain_repeats(weights: dict[str, float], domains: list[str]) -> dict[str, int]:
+    """How many times each domain's demonstrations enter the union-SFT warm-up, so that it sees the domains in
+    (about) the proportions of the distillation ``mixture``: a domain's weight is the sum over its modes, the
+    lightest positive domain counts once, a domain with weight 0 is left out. Uniform weights give 1 everywhere."""
+    w = {d: sum(v for k, v in weights.items() if k.split(".")[0] == d) for d in domains}
+    low = min((v for v in w.values() if v > 0), default=1.0)
+    return {d: (max(1, round(v / low)) if v > 0 else 0) for d, v in w.items()}
+
+
 def draw_prompts(weights: dict[str, float], n_tasks: dict[str, int], n: int, seed: int, step: int) -> list[Draw]:
     """``n`` (domain, mode, task) draws for ``step``: a pure function of (weights, sizes, seed, step)."""
     rng = random.Random(f"distill:{seed}:{step}")

@@ -25,7 +25,7 @@ from specialists.learner import Learner
 from .kl import teacher_payload_bytes
 from .loss import kl_means, make_loss_fn, micro_batches
 from .rollouts import generate_trajectories
-from .routing import draw_prompts, mixture_weights, route, route_table, teachers_of
+from .routing import domain_repeats, draw_prompts, mixture_weights, route, route_table, teachers_of
 from .teachers import TeacherPool, check_teachers
 from .warmup import warm_start
 
@@ -107,7 +107,8 @@ def run(ctx) -> dict:
             learner.save(tmp, {"step": step})
             ckpts.commit(tmp, step)
 
-    start_dir = warm_start(ctx, init, tok, tasks, ckpts, save)    # union-SFT start (or ``init`` as it is)
+    start_dir = warm_start(ctx, init, tok, tasks, ckpts, save,    # union-SFT start (or ``init`` as it is)
+                           domain_repeats(weights, recipe.domains))
     learner = Learner(start_dir, recipe.learner_for(cfg.learner), cfg.steps, seed=recipe.seed)
     start, latest = warm, ckpts.latest()
     if latest is not None and ckpts.step_of(latest) > warm:

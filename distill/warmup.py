@@ -1,6 +1,7 @@
 """The student's optional start inside the distill stage: SFT on the union of every domain's demonstrations.
 
-With ``distill.warmup_sft_steps: N`` the stage first runs N SFT steps on all domains x modes mixed (the SFT stage's
+With ``distill.warmup_sft_steps: N`` the stage first runs N SFT steps on all domains x modes mixed, each domain in the
+proportion of the distillation ``mixture`` (``routing.domain_repeats``; the SFT stage's
 loss and resumable sampler; batch size, length and learner overrides from the recipe's ``sft`` section, with its
 own schedule over the N steps) and writes the result to ``<stage>/warm/``; distillation then starts from there
 with the ``distill.learner`` settings (an SFT learning rate is far too large for the noisy on-policy KL
@@ -19,8 +20,11 @@ from specialists.learner import Learner
 from specialists.sft import sft_loss
 
 
-def warm_start(ctx, init: Path, tok, tasks: dict[str, list[dict]], ckpts, save) -> Path:
-    """Run (or resume, or skip when done) the union-SFT warm-up; returns the folder distillation starts from."""
+def warm_start(ctx, init: Path, tok, tasks: dict[str, list[dict]], ckpts, save,
+               repeats: dict[str, int] | None = None) -> Path:
+    """Run (or resume, or skip when done) the union-SFT warm-up; returns the folder distillation starts from.
+    ``repeats[domain]`` (default 1) is how many times a domain's demonstrations enter the union
+    (``routing.domain_repeats``: the distillation mixture's proportions)."""
     cfg, recipe = ctx.config, ctx.recipe
     warm, out = cfg.warmup_sft_steps, ctx.dir / "warm"
     if not warm:
@@ -29,7 +33,9 @@ def warm_start(ctx, init: Path, tok, tasks: dict[str, list[dict]], ckpts, save) 
         return out
     sft = recipe.sft
     batch_size, max_len = (sft.batch_size, sft.max_len) if sft is not None else (32, 256)
-    examples = [e for d in recipe.domains for e in sft_examples(tok, tasks[d], recipe.modes, max_len)]
+    repeats = repeats or {}
+    examples = [e for d in recipe.domains for _ in range(repeats.get(d, 1))
+                for e in sft_examples(tok, tasks[d], recipe.modes, max_len)]
     sampler = EpochSampler(len(examples), batch_size, recipe.seed)
     learner = Learner(init, recipe.learner_for(sft.learner if sft is not None else {}), warm, seed=recipe.seed)
     start, latest = 0, ckpts.latest()

@@ -163,3 +163,13 @@ def test_pool_starts_the_teachers_that_fit_together():
     big.remote_cls = _Remote(lambda folder, threads, dtype: _FakeActor(fake2, folder))
     big.run({"A": req, "B": req, "C": req})
     assert gets[0] == 3 and big.evictions == 0           # all three start at once
+
+
+def test_domain_repeats_follow_the_mixture():
+    from distill.routing import domain_repeats
+
+    doms = ["math", "code", "agent"]
+    uniform = {f"{d}.{m}": 1.0 for d in doms for m in ("non_think", "think_max")}
+    assert domain_repeats(uniform, doms) == {"math": 1, "code": 1, "agent": 1}
+    w = {**uniform, "math.non_think": 3.0, "math.think_max": 3.0, "agent.non_think": 0.0, "agent.think_max": 0.0}
+    assert domain_repeats(w, doms) == {"math": 3, "code": 1, "agent": 0}

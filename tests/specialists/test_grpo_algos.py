@@ -136,3 +136,24 @@ def test_asymmetric_advantages_shift_and_scale_by_hand():
     # baseline 0.1 lower: every advantage +0.1, then the negatives scaled
     assert torch.allclose(asymmetric(adv, 0.1, 0.5), torch.tensor([[0.85, -0.075, -0.075, -0.075]]))
     assert torch.allclose(asymmetric(torch.zeros(1, 3), 0.1), torch.full((1, 3), 0.1))   # all-equal group
+
+
+def test_entropy_term_by_hand_and_its_sign():
+    from specialists.algos import policy_loss, token_entropy
+
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]], requires_grad=True)   # p = (1/4, 3/4), (1/2, 1/2)
+    H = token_entropy(logits)
+    want = [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), math.log(2.0)]
+    assert torch.allclose(H, torch.tensor([want]), atol=1e-6)
+    keep = torch.tensor([[[True, True], [True, False]]])                 # the second position kept one token
+    assert torch.allclose(token_entropy(logits, keep_B_T_V=keep)[0, 1], torch.tensor(0.0))
+
+    lp = torch.zeros(1, 2)
+    mask = torch.ones(1, 2)
+    base = policy_loss(lp, lp, torch.tensor([0.5]), mask, clip_low=0.2, clip_high=0.28)
+    out = policy_loss(lp, lp, torch.tensor([0.5]), mask, clip_low=0.2, clip_high=0.28, entropy_B_T=H,
+                      entropy_coef=-0.1)
+    assert torch.allclose(out.loss_sum - base.loss_sum, 0.1 * H.sum())   # loss -= coef * H
+    out.loss_sum.backward()                                              # a descent step lowers the entropy
+    with torch.no_grad():
+        assert float(token_entropy(logits - 1.0 * logits.grad).sum()) < float(H.sum())
