@@ -38,7 +38,7 @@ def main(run_dir: str) -> None:
             print(f"| {d} | " + " | ".join(f"{m.get(f'start_accuracy.{x}', 0):.3f} -> {m.get(f'accuracy.{x}', 0):.3f}"
                                            for x in MODES) + " |")
     print("\n## GRPO stages: held-out reward of the SFT start vs the teacher (each stage's own evaluation: "
-          "4 samples per prompt at T=1; greedy in brackets)\n")
+          "grpo.eval_samples per prompt at T=1; greedy in its own columns)\n")
     print("| domain | mode | SFT reward | GRPO reward | SFT greedy | GRPO greedy | SFT length | GRPO length | stage s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for d in DOMAINS:
