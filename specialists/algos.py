@@ -130,29 +130,29 @@ def policy_loss(logp_B_T: torch.Tensor, old_logp_B_T: torch.Tensor, adv_B: torch
     return PolicyLossOut(loss_sum, denom, metrics)
 
 
+def sampler_logits(logits_B_T_V: torch.Tensor, temperature: float = 1.0,
+                   keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits the sampler drew from: temperature-scaled, and -inf outside the kept set when given."""
+    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
+    return x if keep_B_T_V is None else x.masked_fill(~keep_B_T_V, float("-inf"))
+
+
 def masked_logprobs(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor, temperature: float = 1.0,
                     keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
     """log π(token) under temperature-scaled logits, renormalised over the sampler's kept set when given
     (Keep Sampling Mask: π_θ and π_old see the same truncated support the sampler drew from)."""
-    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
-    if keep_B_T_V is not None:
-        x = x.masked_fill(~keep_B_T_V, float("-inf"))
-    return torch.log_softmax(x, -1).gather(-1, tokens_B_T[..., None]).squeeze(-1)
+    lp = torch.log_softmax(sampler_logits(logits_B_T_V, temperature, keep_B_T_V), -1)
+    return lp.gather(-1, tokens_B_T[..., None]).squeeze(-1)
 
 
 def token_entropy(logits_B_T_V: torch.Tensor, temperature: float = 1.0,
                   keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token entropy ``[B, T]`` of the (temperature-scaled, kept-set) distribution the sampler drew from;
-    differentiable."""
-    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
-    if keep_B_T_V is not None:
-        x = x.masked_fill(~keep_B_T_V, float("-inf"))
-    lp = torch.log_softmax(x, -1)
+    """Per-token entropy ``[B, T]`` of the distribution the sampler drew from; differentiable."""
+    lp = torch.log_softmax(sampler_logits(logits_B_T_V, temperature, keep_B_T_V), -1)
     return -(lp.exp() * lp.masked_fill(~torch.isfinite(lp), 0.0)).sum(-1)
 
 
 def entropy(logits_B_T_V: torch.Tensor, mask_B_T: torch.Tensor) -> float:
+    """Mean per-token entropy over ``mask_B_T`` (a metric: no gradient)."""
     with torch.no_grad():
-        lp = torch.log_softmax(logits_B_T_V.float(), -1)
-        ent = -(lp.exp() * lp).sum(-1)
-        return float((ent * mask_B_T).sum() / mask_B_T.sum().clamp(min=1))
+        return float((token_entropy(logits_B_T_V) * mask_B_T).sum() / mask_B_T.sum().clamp(min=1))
