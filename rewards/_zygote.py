@@ -1,103 +1,61 @@
 """Sandbox zygote: a pre-started interpreter that forks one confined child per code test.
 
-Started by ``rewards.sandbox`` as ``unshare --net --mount --pid --fork --mount-proc -- python -I -S _zygote.py CONFIG``
-with a cleared environment, so it is PID 1 of a private PID namespace, in a network namespace with no interfaces
-up and in a private mount namespace. Standard library only (``-S``: no site-packages, the project is hidden).
+Started by ``rewards.sandbox`` as ``python -I -S -B _zygote.py CONFIG`` with an empty environment. Standard library
+only (``-S``: no site-packages, the project is hidden). It creates its own namespaces (``unshare(2)`` through
+ctypes), in one of two ways chosen by the parent (``cfg["userns"]``):
 
-Start-up (as root, before any untrusted code exists):
+  * **root-namespaces** (the caller is root with ``CAP_SYS_ADMIN``): ``unshare(CLONE_NEWNS|CLONE_NEWNET|
+    CLONE_NEWPID)``; the zygote is real root, the sandbox uid is a real host uid.
+  * **user-namespace** (no ``CAP_SYS_ADMIN``, e.g. a default container's root, or an ordinary user): the same plus
+    ``CLONE_NEWUSER``. The zygote then sends ``{"map": true}`` and waits; the parent writes this process's
+    ``uid_map``/``gid_map`` and answers ``{"mapped": true}``. The caller becomes root *inside* (all capabilities
+    there, none on the host). When the caller holds ``CAP_SETUID``/``CAP_SETGID`` on the host the map also has a
+    second line, ``U U 1``, so untrusted code runs as the distinct non-root uid ``U`` exactly as in the root mode.
+    Otherwise (``cfg["single_uid"]``: an ordinary user, who can map only ``0 <euid> 1``) untrusted code keeps
+    that one mapped uid -- a non-root uid on the host, so ``RLIMIT_NPROC`` is enforced -- with every capability
+    dropped (effective, permitted, inheritable, ambient, bounding set) and the ``NOROOT`` securebits locked, so
+    that no ``exec`` gives them back. Nested user namespaces are refused (``max_user_namespaces`` = 0 in ours).
+
+Either way the process that called ``unshare`` forks: its child is PID 1 of the new PID namespace and is the
+zygote proper; the first process only waits for it (and dies with the parent's ``killpg``).
+
+Start-up (privileged inside the namespaces, before any untrusted code exists):
+  * makes every mount private, mounts a fresh ``/proc`` for the new PID namespace (if the kernel refuses that in a
+    user namespace, e.g. under a masked container ``/proc``, the host's ``/proc`` is covered by an empty tmpfs);
   * hides host directories (``/tmp``, ``/root``, ``/home``, ``/work``, …) under empty tmpfs mounts, re-exposing
     only the Python installation read-only, and remounts every mount read-only; ``/tmp`` becomes a small private
-    tmpfs that holds the per-test working directories;
+    tmpfs that holds the per-test working directory (a fresh one for each test);
   * pre-imports the modules tests commonly use, so a forked child starts warm.
 
 Per job (length-prefixed JSON on stdin/stdout): fork a child that
   * starts its own session/process group, gets a fresh ``/tmp/job`` owned by the sandbox uid, stdin ``/dev/null``,
     stdout/stderr into capped pipes, every other descriptor closed (the protocol channel included);
-  * sets rlimits (AS, CPU, FSIZE, NOFILE, NPROC, CORE=0), clears the environment, sets no_new_privs, drops to the
-    non-root sandbox uid/gid (so RLIMIT_NPROC applies and nothing of root's can be signalled or ptraced);
+  * sets rlimits (AS, CPU, FSIZE, NOFILE, NPROC, CORE=0), clears the environment, sets no_new_privs, and drops
+    privileges: to the non-root sandbox uid/gid (so RLIMIT_NPROC applies and nothing of the zygote's can be
+    signalled or ptraced) or, in the single-uid user namespace, to no capabilities at all;
   * compiles the program (a syntax error is a failure), runs it, then runs the test code with a pristine copy of
     the builtins, then ``check(entry_point)`` with tracing/profiling reset;
   * only after ``check`` returns, reads a random nonce that the zygote generated *after* the fork (so it is not in
     the child's memory while untrusted code runs) and writes it to the result pipe. Exiting early (``exit(0)``,
     ``os._exit(0)``, a signal) therefore cannot produce a pass.
-The zygote enforces the wall clock, kills the child's process group and then every process of the sandbox uid
-(``kill(-1)`` from a helper running as that uid, which reaches only this PID namespace), and removes the workdir.
+The zygote enforces the wall clock, kills the child's process group and then every other process of its PID
+namespace (``kill(-1)`` from PID 1 reaches exactly those, ``setsid`` escapees included), reaps them until it has
+no child left, and replaces ``/tmp`` with a fresh tmpfs.
 """
 import builtins
-import ctypes
 import fcntl
 import json
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
 import time
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-
-
-def _mount(src, tgt, fstype, flags, data=None):
-    enc = lambda s: s.encode() if isinstance(s, str) else s
-    if _libc.mount(enc(src), enc(tgt), enc(fstype), flags, enc(data)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount {src} {tgt}: {os.strerror(e)}")
-
-
-def _mountpoints():
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            mp = parts[4].encode().decode("unicode_escape")
-            opts = parts[5].split(",")
-            out.append((mp, opts))
-    return out
-
-
-def _flags(opts):
-    f = 0
-    for name, bit in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC)):
-        if name in opts:
-            f |= bit
-    return f
-
-
-def setup_filesystem(hide, expose, tmp_size_mb):
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep = {p: os.open(p, os.O_PATH) for p in expose if os.path.isdir(p)}
-    for d in hide:
-        if os.path.isdir(d) and not os.path.islink(d):
-            _mount("none", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for p, fd in keep.items():
-        os.makedirs(p, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
-        os.close(fd)
-    # every mount read-only (per-mount flag: affects this namespace only)
-    for mp, opts in _mountpoints():
-        if mp.startswith("/proc") or mp.startswith("/sys/fs/cgroup"):
-            continue
-        try:
-            _mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _flags(opts))
-        except OSError:
-            if mp == "/":
-                raise
-    # the only writable place: a small private tmpfs for the per-test workdirs
-    _mount("none", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0711,size={int(tmp_size_mb)}m")
-    top = dict(_mountpoints())  # the last mount at a path is the visible one
-    for mp, opts in top.items():
-        if mp == "/tmp" or mp.startswith("/proc") or mp.startswith("/sys/fs/cgroup"):
-            continue
-        if "ro" not in opts:
-            raise RuntimeError(f"mount {mp} is still writable")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # _confine.py, beside this file (-I drops it)
+from _confine import (  # noqa: E402  (stdlib only, like this file)
+    CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, _libc, _err, _prctl, _caps, drop_all_capabilities, fresh_tmp, setup_filesystem)
 
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "string", "hashlib", "random", "typing",
            "fractions", "decimal", "statistics", "bisect", "copy", "operator", "json", "cmath", "datetime",
@@ -167,11 +125,15 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
         os.environ.update({"HOME": work, "TMPDIR": work, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError("no_new_privs")
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        if os.getuid() != uid or os.geteuid() != uid:
-            raise OSError("uid drop failed")
+        if cfg.get("single_uid"):
+            # the one mapped uid (non-root on the host) stays; every capability goes (setgroups is denied here)
+            drop_all_capabilities()
+        else:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid or any(_caps()):
+            raise OSError("privilege drop failed")
         sys.argv = ["solution"]
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
@@ -226,55 +188,27 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
     _exit(0)
 
 
-def _sweep(uid):
-    """Kill every process of the sandbox uid in this PID namespace (escapees of the process group included)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            for _ in range(3):
-                try:
-                    os.kill(-1, signal.SIGKILL)
-                except ProcessLookupError:
-                    break
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def _reap():
-    while True:  # PID 1: collect orphans
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _uid_procs(uid):
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat("/proc/" + name).st_uid == uid:
-                    out.append(int(name))
-            except OSError:
-                pass
-    return out
-
-
-def _clear_uid(uid, timeout=3.0):
-    """Kill and reap until no process of the sandbox uid is left (zombies included)."""
+def clear_namespace(timeout=3.0):
+    """Kill and reap every process of this PID namespace but the zygote (PID 1), escapees of the process group and
+    zombies included. ``kill(-1)`` from PID 1 reaches all of them and nothing outside the namespace; once
+    ``waitpid`` finds no child, none is left (every process here descends from PID 1, orphans are re-parented to
+    it). Returns False if something survived ``timeout``."""
     end = time.monotonic() + timeout
-    _reap()
-    while _uid_procs(uid) and time.monotonic() < end:
-        _sweep(uid)
-        _reap()
-        if _uid_procs(uid):
-            time.sleep(0.005)
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                break
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
 
 
 def run_job(job, cfg):
@@ -337,10 +271,11 @@ def run_job(job, cfg):
             _, exited = os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    _clear_uid(cfg["uid"])
+    cleared = clear_namespace()
     for fd in bufs:
         os.close(fd)
-    shutil.rmtree("/tmp/job", ignore_errors=True)
+    if cleared:
+        fresh_tmp(cfg["tmp_mb"])
     res = bytes(bufs[res_r])
     passed = status is None and res == b"PASS " + nonce
     if status is None:
@@ -354,31 +289,85 @@ def run_job(job, cfg):
             status = "no_result (exited before the tests completed)"
     return {"passed": passed, "status": status, "time_s": time.monotonic() - t0,
             "stdout": bytes(bufs[out_r][:cap]).decode(errors="replace"),
-            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace")}
+            "stderr": bytes(bufs[err_r][:cap]).decode(errors="replace"), "retired": not cleared}
+
+
+def _flag_names(flags):
+    names = [n for n, b in (("CLONE_NEWUSER", CLONE_NEWUSER), ("CLONE_NEWNS", CLONE_NEWNS),
+                            ("CLONE_NEWNET", CLONE_NEWNET), ("CLONE_NEWPID", CLONE_NEWPID)) if flags & b]
+    return "|".join(names)
+
+
+def enter_namespaces(cfg):
+    """Runs in the process the parent started. Creates the namespaces, gets the uid map written (user-namespace
+    mode), then forks: the child returns (it is PID 1 of the new PID namespace); this process waits for it and
+    exits with its status. Raises OSError with one line on failure."""
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | (CLONE_NEWUSER if cfg.get("userns") else 0)
+    if _libc.unshare(flags) != 0:
+        raise OSError(_err(f"unshare({_flag_names(flags)})"))
+    if cfg.get("userns"):
+        _send({"map": True})                     # the parent writes /proc/<this pid>/{uid,gid}_map
+        msg = _recv()
+        if not msg or not msg.get("mapped"):
+            raise OSError("the parent did not write the uid map")
+        if os.getuid() != 0 or os.getgid() != 0:
+            raise OSError(f"uid map not applied (uid {os.getuid()}, gid {os.getgid()})")
+    pid = os.fork()
+    if pid == 0:
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)                             # only PID 1 talks to the parent: EOF comes when it is gone
+    while True:
+        try:
+            _, st = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+    os._exit(os.waitstatus_to_exitcode(st) & 0xFF if os.WIFEXITED(st) else 1)
 
 
 def main():
     cfg = json.loads(sys.argv[1])
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if os.getpid() != 1:
-        raise SystemExit("zygote must be PID 1 of its own PID namespace")
-    setup_filesystem(cfg["hide"], cfg["expose"], cfg["tmp_mb"])
+    try:
+        enter_namespaces(cfg)
+        # PID 1 from here on
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # dies with the first process, so with the parent's killpg
+        _prctl(PR_SET_DUMPABLE, 0)                     # no ptrace / /proc/1/mem even for a same-uid process
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                    signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)         # PID 1 with no handler: signals from inside are dropped
+        if os.getpid() != 1:
+            raise OSError("zygote must be PID 1 of its own PID namespace")
+        proc = setup_filesystem(cfg["hide"], cfg["expose"], cfg["tmp_mb"], bool(cfg.get("userns")))
+    except BaseException as e:  # noqa: BLE001 — one line for the parent, which reports why isolation failed
+        msg = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        try:
+            _send({"ready": False, "error": " ".join(msg.split())[:500]})
+        except OSError:
+            pass
+        os._exit(3)
     for m in PRELOAD:
         try:
             __import__(m)
         except ImportError:
             pass
-    _send({"ready": True, "pid": os.getpid()})
+    _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "proc": proc})
     while True:
         job = _recv()
         if job is None:
             return
         try:
             res = run_job(job, cfg)
-        except Exception as e:  # noqa: BLE001 — the zygote must keep serving
+        except Exception as e:  # noqa: BLE001 — reported; a fresh zygote takes over (below)
             res = {"passed": False, "status": f"sandbox_error {type(e).__name__}: {e}", "time_s": 0.0,
-                   "stdout": "", "stderr": ""}
+                   "stdout": "", "stderr": "", "retired": True}
         _send(res)
+        if res.get("retired"):  # something survived the clear-out, or the job broke the zygote: leave (the kernel
+            return              # kills what is left of the namespace); the parent starts a fresh zygote
 
 
 if __name__ == "__main__":
