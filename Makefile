@@ -22,9 +22,11 @@ run: setup
 	$(BIN)/pipeline run $(RECIPE)
 
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:

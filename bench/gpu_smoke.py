@@ -63,7 +63,7 @@ def _qwen3(folder: Path, small: bool, vocab: int = 151_936):
 
 
 def learner(args) -> dict:
-    from specialists.learner import Learner
+    from train.learner import Learner
 
     dev = args.device
     with tempfile.TemporaryDirectory() as d:

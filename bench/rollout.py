@@ -42,8 +42,8 @@ MODELS = {
 
 
 def build(name: str, folder: Path, seed: int = 0):
-    from pipeline.bootstrap import tiny_model, train_tokenizer
-    from pipeline.recipe import TinyModel
+    from train.bootstrap import tiny_model, train_tokenizer
+    from train.config import TinyModel
     from rewards.tasks import corpus
 
     cfg = TinyModel(**MODELS[name])
@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
 
-    from rollout.engine import SamplingParams, make_engine
+    from rollout.engine import SamplingParams
+    from rollout.engines import make_engine
     from rollout.fp4 import master_state_dict, quantized_state_dict
 
     engines, models, dtypes = (args.engines.split(","), args.models.split(","), args.dtypes.split(","))

@@ -24,16 +24,21 @@ Two autograd flavours are provided:
   token is then known up to one scalar, it computes the gradients *during* the forward pass (Liger-style), so
   forward+backward costs the same 4 head matmuls as the naive loss and needs no recomputation.
 
+Shapes: ``N`` loss positions, ``M`` of them active under a mask, ``H`` the student's hidden size, ``Ht`` the
+teacher's, ``V`` the vocabulary, ``X`` = ``Ht`` (hidden-state payload) or ``V`` (logits payload).
+
 The teacher side is always treated as a constant (no gradient), whether it is given as last hidden states plus the
 teacher's head (the "hidden-state payload") or as full logits (``payload="logits"``, for comparison).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
+
+from .kl_chunks import _check_temperature, _compute_dtype, _make_teacher, _prepare, _run_chunks, _scatter_rows
 
 __all__ = [
     "reverse_kl_from_logits",
@@ -104,202 +109,38 @@ def teacher_payload_bytes(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Chunked kernel
-# --------------------------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_temperature(temperature: float) -> None:
-    if not (float(temperature) > 0.0):
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _head_logits(h: Tensor, head: Tensor, cdtype: torch.dtype, temperature: float) -> Tensor:
-    """``(h @ head^T) / T`` as a fresh ``[c, V]`` tensor in the compute dtype (safe to modify in place).
-
-    The matmul runs in the input dtype (bf16 matmuls accumulate in fp32) and the result is upcast.
-    """
-    if h.dtype != head.dtype:
-        h = h.to(head.dtype)
-    z = h @ head.t()
-    if z.dtype != cdtype:
-        z = z.to(cdtype)
-    if temperature != 1.0:
-        z.div_(temperature)
-    return z
-
-
-def _chunk_kl_and_grad(zs: Tensor, zt: Tensor, scale: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-    """Per-token reverse KL of one chunk and (if ``scale`` is given) ``scale * dKL/dz``.
-
-    ``zs``/``zt`` are the temperature-scaled student/teacher logits ``[c, V]``; both buffers are consumed (reused in
-    place), so at most ~3 ``[c, V]`` buffers are alive here (the two inputs + one temporary).
-    Returns ``kl [c]`` and the logit gradient ``[c, V]`` (living in ``zt``'s buffer) or None.
-    """
-    zs.sub_(torch.logsumexp(zs, dim=-1, keepdim=True))  # zs := log q
-    zt.sub_(torch.logsumexp(zt, dim=-1, keepdim=True))  # zt := log p
-    zt.neg_().add_(zs)  # zt := log q - log p
-    q = zs.exp_()  # zs := q
-    # (a [c, V] temporary, but einsum/bmm's long fp32 dot products lose ~100x more precision than sum's cascade)
-    kl = torch.mul(q, zt).sum(dim=-1)
-    if scale is None:
-        return kl, None
-    # g_j = q_j (log q_j - log p_j - KL) * scale   (scale = upstream grad / T)
-    g = zt.sub_(kl.unsqueeze(1)).mul_(q).mul_(scale.to(zt.dtype).unsqueeze(1))
-    return kl, g
-
-
-TeacherFn = Callable[[int, int], Tensor]  # (start, stop) over the active rows -> fresh [c, V] scaled logits
-
-
-def _run_chunks(
-    sh: Tensor,
-    sw: Tensor,
-    teacher: TeacherFn,
-    chunk_size: int,
-    temperature: float,
-    row_scale: Optional[Tensor],
-    want_grad_hidden: bool,
-    want_grad_head: bool,
-) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Loop over contiguous chunks of the (already mask-compacted) rows.
-
-    ``row_scale`` ``[n]``: per-token upstream gradient; when given (and a gradient is wanted) the gradients
-    ``grad_hidden [n, Hs]`` and ``grad_head [V, Hs]`` of ``sum_n row_scale_n * KL_n`` are accumulated.
-    """
-    n = sh.shape[0]
-    vocab = sw.shape[0]
-    cdtype = _compute_dtype(sh.dtype)
-    kl_out = torch.empty(n, dtype=cdtype, device=sh.device)
-    want_grad = row_scale is not None and (want_grad_hidden or want_grad_head)
-    grad_hidden = torch.empty_like(sh) if (want_grad and want_grad_hidden) else None
-    grad_head_acc = (
-        torch.zeros(vocab, sw.shape[1], dtype=_compute_dtype(sw.dtype), device=sw.device)
-        if (want_grad and want_grad_head)
-        else None
-    )
-    inv_t = 1.0 / float(temperature)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        h = sh[start:stop]
-        zs = _head_logits(h, sw, cdtype, temperature)
-        zt = teacher(start, stop)
-        scale = row_scale[start:stop] * inv_t if want_grad else None
-        kl, g = _chunk_kl_and_grad(zs, zt, scale)
-        kl_out[start:stop] = kl
-        del zs, zt
-        if g is None:
-            continue
-        g_in = g if g.dtype == sh.dtype else g.to(sh.dtype)
-        del g
-        if grad_hidden is not None:
-            torch.mm(g_in, sw, out=grad_hidden[start:stop])
-        if grad_head_acc is not None:
-            if g_in.dtype == grad_head_acc.dtype and h.dtype == grad_head_acc.dtype:
-                grad_head_acc.addmm_(g_in.t(), h)
-            else:
-                grad_head_acc.add_((g_in.t() @ h.to(g_in.dtype)).to(grad_head_acc.dtype))
-        del g_in
-    grad_head = None
-    if grad_head_acc is not None:
-        grad_head = grad_head_acc if grad_head_acc.dtype == sw.dtype else grad_head_acc.to(sw.dtype)
-    return kl_out, grad_hidden, grad_head
-
-
-def _prepare(
-    student_hidden: Tensor,
-    student_head: Tensor,
-    teacher_rows: Tensor,
-    mask: Optional[Tensor],
-    chunk_size: int,
-    temperature: float,
-) -> tuple[Optional[Tensor], Tensor, Tensor]:
-    """Validate and compact: returns ``(idx or None, active student hidden, active teacher rows)``."""
-    if student_hidden.dim() != 2 or student_head.dim() != 2:
-        raise ValueError("student_hidden must be [N, Hs] and student_head [V, Hs]")
-    if student_hidden.dtype != student_head.dtype:
-        raise ValueError(f"student_hidden dtype {student_hidden.dtype} != student_head dtype {student_head.dtype}")
-    if student_hidden.shape[1] != student_head.shape[1]:
-        raise ValueError(
-            f"student hidden size {student_hidden.shape[1]} != student head in-features {student_head.shape[1]}"
-        )
-    if teacher_rows.shape[0] != student_hidden.shape[0]:
-        raise ValueError(f"teacher has {teacher_rows.shape[0]} tokens, student has {student_hidden.shape[0]}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    _check_temperature(temperature)
-    if mask is None:
-        return None, student_hidden, teacher_rows
-    mask = mask.to(device=student_hidden.device, dtype=torch.bool).reshape(-1)
-    if mask.shape[0] != student_hidden.shape[0]:
-        raise ValueError(f"mask has {mask.shape[0]} entries, expected {student_hidden.shape[0]}")
-    idx = mask.nonzero().squeeze(1)
-    return idx, student_hidden.index_select(0, idx), teacher_rows.index_select(0, idx)
-
-
-def _teacher_from_hidden(th: Tensor, tw: Tensor, cdtype: torch.dtype, temperature: float) -> TeacherFn:
-    return lambda a, b: _head_logits(th[a:b], tw, cdtype, temperature)
-
-
-def _teacher_from_logits(tl: Tensor, cdtype: torch.dtype, temperature: float) -> TeacherFn:
-    def fn(a: int, b: int) -> Tensor:
-        z = tl[a:b].to(cdtype, copy=True)  # a fresh buffer: the kernel works in place
-        if temperature != 1.0:
-            z.div_(temperature)
-        return z
-
-    return fn
-
-
-def _scatter_rows(active: Tensor, idx: Optional[Tensor], n: int) -> Tensor:
-    if idx is None:
-        return active
-    out = active.new_zeros((n,) + tuple(active.shape[1:]))
-    return out.index_copy_(0, idx, active)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Per-token KL (backward recomputes chunk by chunk)
 # --------------------------------------------------------------------------------------------------------------
 class _ReverseKLPerToken(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sh, sw, t_a, t_b, chunk_size, temperature, mask, payload):  # type: ignore[override]
-        n = sh.shape[0]
-        t_rows = t_a.detach()
-        idx, sh_a, t_rows_a = _prepare(sh, sw, t_rows, mask, chunk_size, temperature)
-        teacher = _make_teacher(payload, t_rows_a, t_b, sh.dtype, temperature)
+    def forward(ctx, h_N_H, head_V_H, teacher_N_X, teacher_head_V_Ht, chunk_size, temperature, mask, payload):  # type: ignore[override]
+        n = h_N_H.shape[0]
+        teacher_rows_N_X = teacher_N_X.detach()
+        idx, h_act_M_H, teacher_act_M_X = _prepare(h_N_H, head_V_H, teacher_rows_N_X, mask, chunk_size, temperature)
+        teacher = _make_teacher(payload, teacher_act_M_X, teacher_head_V_Ht, h_N_H.dtype, temperature)
         with torch.no_grad():
-            kl_a, _, _ = _run_chunks(sh_a, sw, teacher, int(chunk_size), temperature, None, False, False)
-        ctx.save_for_backward(sh_a, sw, t_rows_a, t_b if t_b is not None else None, idx)
+            kl_act_M, _, _ = _run_chunks(h_act_M_H, head_V_H, teacher, int(chunk_size), temperature, None, False, False)
+        ctx.save_for_backward(h_act_M_H, head_V_H, teacher_act_M_X, teacher_head_V_Ht if teacher_head_V_Ht is not None else None, idx)
         ctx.chunk_size, ctx.temperature, ctx.payload, ctx.n = int(chunk_size), float(temperature), payload, n
-        return _scatter_rows(kl_a, idx, n)
+        return _scatter_rows(kl_act_M, idx, n)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_kl):  # type: ignore[override]
-        sh_a, sw, t_rows_a, t_b, idx = ctx.saved_tensors
+        h_act_M_H, head_V_H, teacher_act_M_X, teacher_head_V_Ht, idx = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (want_h or want_w):
             return None, None, None, None, None, None, None, None
         scale = grad_kl if idx is None else grad_kl.index_select(0, idx)
-        teacher = _make_teacher(ctx.payload, t_rows_a, t_b, sh_a.dtype, ctx.temperature)
+        teacher = _make_teacher(ctx.payload, teacher_act_M_X, teacher_head_V_Ht, h_act_M_H.dtype, ctx.temperature)
         with torch.no_grad():
-            _, g_h_a, g_w = _run_chunks(
-                sh_a, sw, teacher, ctx.chunk_size, ctx.temperature, scale.to(_compute_dtype(sh_a.dtype)), want_h, want_w
+            _, grad_h_act_M_H, grad_head_V_H = _run_chunks(
+                h_act_M_H, head_V_H, teacher, ctx.chunk_size, ctx.temperature, scale.to(_compute_dtype(h_act_M_H.dtype)), want_h, want_w
             )
-        g_h = _scatter_rows(g_h_a, idx, ctx.n) if g_h_a is not None else None
-        if g_w is None and want_w:
-            g_w = torch.zeros_like(sw)
-        return g_h, g_w, None, None, None, None, None, None
-
-
-def _make_teacher(payload: str, t_rows: Tensor, t_head: Optional[Tensor], dtype: torch.dtype, temperature: float):
-    cdtype = _compute_dtype(dtype)
-    if payload == "hidden":
-        assert t_head is not None
-        return _teacher_from_hidden(t_rows, t_head.detach(), cdtype, temperature)
-    return _teacher_from_logits(t_rows, cdtype, temperature)
+        grad_h_N_H = _scatter_rows(grad_h_act_M_H, idx, ctx.n) if grad_h_act_M_H is not None else None
+        if grad_head_V_H is None and want_w:
+            grad_head_V_H = torch.zeros_like(head_V_H)
+        return grad_h_N_H, grad_head_V_H, None, None, None, None, None, None
 
 
 def _check_teacher_hidden(student_head: Tensor, teacher_hidden: Tensor, teacher_head: Tensor) -> None:
@@ -368,33 +209,33 @@ def reverse_kl_per_token_from_teacher_logits(
 # --------------------------------------------------------------------------------------------------------------
 class _FusedReverseKLLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sh, sw, t_a, t_b, chunk_size, temperature, mask, payload, reduction):  # type: ignore[override]
-        idx, sh_a, t_rows_a = _prepare(sh, sw, t_a.detach(), mask, chunk_size, temperature)
-        n_active = sh_a.shape[0]
-        cdtype = _compute_dtype(sh.dtype)
+    def forward(ctx, h_N_H, head_V_H, teacher_N_X, teacher_head_V_Ht, chunk_size, temperature, mask, payload, reduction):  # type: ignore[override]
+        idx, h_act_M_H, teacher_act_M_X = _prepare(h_N_H, head_V_H, teacher_N_X.detach(), mask, chunk_size, temperature)
+        n_active = h_act_M_H.shape[0]
+        cdtype = _compute_dtype(h_N_H.dtype)
         coef = 1.0 / max(n_active, 1) if reduction == "mean" else 1.0
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        scale = torch.full((n_active,), coef, dtype=cdtype, device=sh.device) if (want_h or want_w) else None
-        teacher = _make_teacher(payload, t_rows_a, t_b, sh.dtype, temperature)
+        scale = torch.full((n_active,), coef, dtype=cdtype, device=h_N_H.device) if (want_h or want_w) else None
+        teacher = _make_teacher(payload, teacher_act_M_X, teacher_head_V_Ht, h_N_H.dtype, temperature)
         with torch.no_grad():
-            kl_a, g_h_a, g_w = _run_chunks(sh_a, sw, teacher, int(chunk_size), temperature, scale, want_h, want_w)
-        g_h = _scatter_rows(g_h_a, idx, sh.shape[0]) if g_h_a is not None else None
-        if want_w and g_w is None:
-            g_w = torch.zeros_like(sw)
-        if want_h and g_h is None:
-            g_h = torch.zeros_like(sh)
-        ctx.save_for_backward(g_h, g_w)
-        return kl_a.sum() * coef
+            kl_act_M, grad_h_act_M_H, grad_head_V_H = _run_chunks(h_act_M_H, head_V_H, teacher, int(chunk_size), temperature, scale, want_h, want_w)
+        grad_h_N_H = _scatter_rows(grad_h_act_M_H, idx, h_N_H.shape[0]) if grad_h_act_M_H is not None else None
+        if want_w and grad_head_V_H is None:
+            grad_head_V_H = torch.zeros_like(head_V_H)
+        if want_h and grad_h_N_H is None:
+            grad_h_N_H = torch.zeros_like(h_N_H)
+        ctx.save_for_backward(grad_h_N_H, grad_head_V_H)
+        return kl_act_M.sum() * coef
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        g_h, g_w = ctx.saved_tensors
+        grad_h_N_H, grad_head_V_H = ctx.saved_tensors
         # the usual case (the loss is the final scalar) needs no rescaling: skip a [V, Hs] copy
         if not torch.equal(grad_out, torch.ones_like(grad_out)):
-            g_h = g_h * grad_out.to(g_h.dtype) if g_h is not None else None
-            g_w = g_w * grad_out.to(g_w.dtype) if g_w is not None else None
-        return g_h, g_w, None, None, None, None, None, None, None
+            grad_h_N_H = grad_h_N_H * grad_out.to(grad_h_N_H.dtype) if grad_h_N_H is not None else None
+            grad_head_V_H = grad_head_V_H * grad_out.to(grad_head_V_H.dtype) if grad_head_V_H is not None else None
+        return grad_h_N_H, grad_head_V_H, None, None, None, None, None, None, None
 
 
 def fused_reverse_kl_loss(

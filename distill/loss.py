@@ -1,27 +1,47 @@
 """The distill loss: Σ_teachers w · KL(student ‖ teacher) summed over completion tokens, full vocabulary.
 
-``micro_batches`` packs trajectories (right-padded) with, per teacher, the rows of the flattened loss positions it
-grades, the teacher's payload for those rows (last hidden states, or logits) and each row's weight. ``make_loss_fn``
-returns a ``Learner.step`` loss function: one student forward through the *base* model (no ``[T, V]`` logits),
-the last hidden states at the loss positions, then ``reverse_kl_per_token`` against each teacher chunk by chunk,
-with the student's own head weight so gradients reach it too. The micro-batch ``weight`` is its token count, so
-``Learner.step`` minimises the mean over tokens.
+``micro_batches`` packs trajectories (right-padded) into ``DistillBatch`` records holding, per teacher, the rows of
+the flattened loss positions it grades, the teacher's payload for those rows (last hidden states, or logits) and
+each row's weight. ``make_loss_fn`` returns a ``Learner.step`` loss function: one student forward through the *base*
+model (no ``[T, V]`` logits), the last hidden states at the loss positions, then the chunked full-vocabulary reverse
+KL against each teacher (``distill.kl``), with the student's own head weight so gradients reach it too. The
+micro-batch ``weight`` is its token count, so ``Learner.step`` minimises the mean over tokens.
+
+Shapes: ``B`` trajectories, ``L`` padded length, ``N`` loss positions of the micro-batch, ``N_t`` those a teacher
+grades, ``H`` hidden size, ``V`` vocabulary.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
-from .kl import reverse_kl_per_token, reverse_kl_per_token_from_teacher_logits
+from .config import MICRO_BATCH_TOKENS
+from .kl import fused_reverse_kl_loss, reverse_kl_per_token, reverse_kl_per_token_from_teacher_logits
 
-MICRO_BATCH_TOKENS = 8192      # loss positions per micro-batch (the learner accumulates gradients across them)
+
+@dataclass
+class TeacherRows:
+    rows_Nt: torch.Tensor             # indices into the micro-batch's N loss positions
+    payload_Nt_X: torch.Tensor        # last hidden states [N_t, H_t] (bf16) or logits [N_t, V] (fp32)
+    w_Nt: torch.Tensor                # the teacher's weight for each row
+
+
+@dataclass
+class DistillBatch:
+    input_ids_B_L: torch.Tensor
+    attention_mask_B_L: torch.Tensor
+    flat_positions_N: torch.Tensor    # b * L + p for each loss position p of trajectory b
+    teachers: dict[str, TeacherRows]
+    weight: float                     # N: Learner.step divides the summed loss by the total over micro-batches
 
 
 def micro_batches(trajs, routes_of, payloads: dict[str, list], pad_id: int,
-                  max_tokens: int = MICRO_BATCH_TOKENS) -> list[dict]:
+                  max_tokens: int = MICRO_BATCH_TOKENS, device=None) -> list[DistillBatch]:
     """``routes_of(traj) -> [(teacher, weight)]``; ``payloads[name]`` lists that teacher's tensors in the order of
-    the trajectories it grades. Returns micro-batch dicts for :func:`make_loss_fn`."""
+    the trajectories it grades. Returns micro-batches of at most ``max_tokens`` loss positions (whole trajectories),
+    on ``device``."""
     cursor = defaultdict(int)
     groups, cur, n = [], [], 0
     for t in trajs:
@@ -36,55 +56,71 @@ def micro_batches(trajs, routes_of, payloads: dict[str, list], pad_id: int,
         n += t.n_tokens
     if cur:
         groups.append(cur)
-    return [_pack(g, pad_id) for g in groups]
+    return [_pack(g, pad_id, device) for g in groups]
 
 
-def _pack(group, pad_id: int) -> dict:
-    T = max(len(t.ids) for t, _ in group)
-    ids = torch.full((len(group), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(group), T), dtype=torch.long)
+def _pack(group, pad_id: int, device) -> DistillBatch:
+    L = max(len(t.ids) for t, _ in group)
+    ids = torch.full((len(group), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(group), L), dtype=torch.long)
     flat, teachers = [], defaultdict(lambda: {"rows": [], "payload": [], "w": []})
     for b, (t, routes) in enumerate(group):
         ids[b, :len(t.ids)] = torch.tensor(t.ids)
         attn[b, :len(t.ids)] = 1
         rows = list(range(len(flat), len(flat) + t.n_tokens))
-        flat += [b * T + p for p in t.positions]
+        flat += [b * L + p for p in t.positions]
         for name, w, payload in routes:
             e = teachers[name]
             e["rows"] += rows
             e["payload"].append(payload)
             e["w"] += [w] * t.n_tokens
-    return {"input_ids": ids, "attention_mask": attn, "flat_positions": torch.tensor(flat, dtype=torch.long),
-            "teachers": {k: {"rows": torch.tensor(v["rows"], dtype=torch.long),
-                             "payload": torch.cat(v["payload"]), "w": torch.tensor(v["w"])}
-                         for k, v in teachers.items()},
-            "weight": float(len(flat))}
+    dev = device if device is not None else "cpu"
+    return DistillBatch(
+        ids.to(dev), attn.to(dev), torch.tensor(flat, dtype=torch.long, device=dev),
+        {k: TeacherRows(torch.tensor(v["rows"], dtype=torch.long, device=dev), torch.cat(v["payload"]).to(dev),
+                        torch.tensor(v["w"], device=dev)) for k, v in teachers.items()},
+        weight=float(len(flat)))
 
 
-def student_hidden(model, mb) -> tuple[torch.Tensor, torch.Tensor]:
+def student_hidden(model, mb: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(last hidden states at the loss positions ``[N, H]``, the output head weight ``[V, H]``)."""
     m = getattr(model, "module", model)
-    h = m.base_model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).last_hidden_state
-    head = m.get_output_embeddings().weight
-    sh = h.reshape(-1, h.shape[-1]).index_select(0, mb["flat_positions"])
-    return sh.to(head.dtype), head
+    h_B_L_H = m.base_model(input_ids=mb.input_ids_B_L, attention_mask=mb.attention_mask_B_L).last_hidden_state
+    head_V_H = m.get_output_embeddings().weight
+    h_N_H = h_B_L_H.reshape(-1, h_B_L_H.shape[-1]).index_select(0, mb.flat_positions_N)
+    return h_N_H.to(head_V_H.dtype), head_V_H
 
 
-def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, temperature: float, stats: dict):
-    """A ``Learner.step`` loss function; per-teacher KL sums and token counts are added to ``stats``."""
+def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, temperature: float, stats: dict,
+                 fused: bool = True):
+    """A ``Learner.step`` loss function; per-teacher KL sums and token counts are added to ``stats``.
 
-    def loss_fn(model, mb):
-        sh, head = student_hidden(model, mb)
-        total = sh.new_zeros(())
-        for name, t in mb["teachers"].items():
-            rows = sh.index_select(0, t["rows"])
-            if payload == "logits":
-                kl = reverse_kl_per_token_from_teacher_logits(rows, head, t["payload"], chunk_size, temperature)
+    ``fused`` (default): ``fused_reverse_kl_loss`` -- gradients computed during the forward, 4 head matmuls per
+    chunk; otherwise ``reverse_kl_per_token`` (its backward recomputes the chunk logits: 6)."""
+
+    def loss_fn(model, mb: DistillBatch):
+        h_N_H, head_V_H = student_hidden(model, mb)
+        total = h_N_H.new_zeros(())
+        for name, t in mb.teachers.items():
+            rows = h_N_H.index_select(0, t.rows_Nt)
+            w = t.w_Nt.to(h_N_H.dtype)
+            if fused and bool((w == w[0]).all()):   # one weight per teacher: the fused scalar loss, scaled
+                kw = dict(teacher_logits=t.payload_Nt_X) if payload == "logits" else dict(
+                    teacher_hidden=t.payload_Nt_X, teacher_head=heads[name])
+                kl_sum = fused_reverse_kl_loss(rows, head_V_H, chunk_size=chunk_size, temperature=temperature,
+                                               reduction="sum", **kw)
+                total = total + w[0] * kl_sum
+                kl_detached = float(kl_sum.detach())
             else:
-                kl = reverse_kl_per_token(rows, head, t["payload"], heads[name], chunk_size, temperature)
-            total = total + (kl * t["w"].to(kl.dtype)).sum()
-            stats[f"kl.{name}"] = stats.get(f"kl.{name}", 0.0) + float(kl.detach().sum())
-            stats[f"n.{name}"] = stats.get(f"n.{name}", 0) + kl.numel()
+                if payload == "logits":
+                    kl = reverse_kl_per_token_from_teacher_logits(rows, head_V_H, t.payload_Nt_X, chunk_size,
+                                                                  temperature)
+                else:
+                    kl = reverse_kl_per_token(rows, head_V_H, t.payload_Nt_X, heads[name], chunk_size, temperature)
+                total = total + (kl * w).sum()
+                kl_detached = float(kl.detach().sum())
+            stats[f"kl.{name}"] = stats.get(f"kl.{name}", 0.0) + kl_detached
+            stats[f"n.{name}"] = stats.get(f"n.{name}", 0) + int(t.rows_Nt.numel())
         return total, {}
 
     return loss_fn

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from rollout.agent_loop import run_episodes
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
-from specialists.evaluate import prompt_messages
+from train.evaluate import prompt_messages
 
 from .routing import Draw
 

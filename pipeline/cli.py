@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return reward_main(argv[1:])
     args = _parser().parse_args(argv)
-    from .core.rundir import RunDirError
-    from .recipe import RecipeError, load_recipe
+    from core.rundir import RunDirError
+
+    from .recipe import RecipeError, load_with_graph
 
     try:
         if args.cmd == "status":
@@ -111,29 +112,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("eval", "report", "export"):
             return _tools(args)
         # joining a cluster (run --address) or planning for one: resources are checked against it, not this machine
-        recipe = load_recipe(args.recipe, args.overrides,
-                             check=not (args.cmd == "plan" or (args.cmd == "run" and args.address)))
+        recipe, graph = load_with_graph(args.recipe, args.overrides,
+                                        check=not (args.cmd == "plan" or (args.cmd == "run" and args.address)))
         if args.cmd == "plan":
             from .plan import main_plan
 
-            rc, err = main_plan(recipe, args.recipe, args.cluster, echo=lambda m: print(m, flush=True))
+            rc, err = main_plan(recipe, args.recipe, args.cluster, echo=lambda m: print(m, flush=True), graph=graph)
             if err:
                 print(f"error: {args.recipe}: {err}", file=sys.stderr)
             return rc
         if args.cmd == "validate":
-            from .graph import build_graph
-
-            print(f"{args.recipe}: ok ({len(build_graph(recipe))} stages)")
+            print(f"{args.recipe}: ok ({len(graph)} stages)")
             return 0
         if args.cmd == "stages":
-            return _stages(args, recipe)
+            return _stages(args, recipe, graph)
         if args.cmd == "run":
-            from .graph import build_graph
             from .live import LiveView
             from .runner import Runner
 
-            live = LiveView(build_graph(recipe), _run_dir(args, recipe))   # rich on a terminal, plain lines if not
-            runner = Runner(recipe, _run_dir(args, recipe), recipe_path=args.recipe, echo=live.echo, live=live)
+            live = LiveView(graph, _run_dir(args, recipe))   # rich on a terminal, plain lines if not
+            runner = Runner(recipe, _run_dir(args, recipe), recipe_path=args.recipe, echo=live.echo, live=live,
+                            graph=graph)
             with live:
                 rc = runner.run(only=args.only, from_=args.from_, force=args.force, address=args.address)
             _after_run(_run_dir(args, recipe), recipe)
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tools(args) -> int:
     if args.cmd == "eval":
-        from .eval_stage import eval_command
+        from .evaluation import eval_command
 
         out = eval_command(args.target, args.recipe, args.out, args.workers, args.overrides)
         print((out / "results.md").read_text(), end="")
@@ -186,13 +185,12 @@ def _after_run(run_dir: Path, recipe) -> None:
         print(f"report failed: {type(e).__name__}: {e}", flush=True)
 
 
-def _stages(args, recipe) -> int:
-    from .graph import build_graph
+def _stages(args, recipe, graph) -> int:
     from .runner import stage_status
 
     run_dir = _run_dir(args, recipe)
     has_run = run_dir.is_dir()
-    for i, s in enumerate(build_graph(recipe), 1):
+    for i, s in enumerate(graph, 1):
         status = stage_status(run_dir, s.id).get("status", "pending") if has_run else ""
         deps = ", ".join(s.deps) or "-"
         res = f"{s.resources.num_cpus:g} cpu" + (f", {s.resources.num_gpus:g} gpu" if s.resources.num_gpus else "")

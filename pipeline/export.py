@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .core.rundir import RunDirError, read_json, replace_dir
+from core.chat import CHAT_TEMPLATE
+from core.rundir import RunDirError, read_json, replace_dir
 
 
 def _recipe(run_dir: Path):
@@ -95,10 +96,11 @@ def model_card(run_dir: Path, stage: str, fmt: str) -> str:
     lines += ["## How it was evaluated", ""]
     rows = [r for r in (read_json(run_dir / "eval" / "results.json", []) or []) if r.get("model") == stage]
     if rows:
-        from .eval_stage import results_markdown
+        from train.eval_stage import results_markdown
 
-        lines += ["Held-out prompts of the recipe's task sources (`eval` stage; greedy unless `_sampled`; "
-                  "pass@k from sampled completions):", "", results_markdown(rows)]
+        lines += ["Held-out prompts of the recipe's task sources (`eval` stage; sampled at the recipe's sampling "
+                  "with 95% intervals over prompts, `*_greedy` greedy; pass@k from sampled completions):", "",
+                  results_markdown(rows)]
     else:
         lines += ["Not evaluated in this run (run the `eval` stage or `pipeline eval RUN_DIR`).", ""]
     return "\n".join(lines) + "\n"
@@ -107,8 +109,6 @@ def model_card(run_dir: Path, stage: str, fmt: str) -> str:
 def export_stage(run_dir: Path, stage: str, fmt: str, out: Path) -> Path:
     """Write ``out`` (replacing it) and return it."""
     from transformers import AutoTokenizer
-
-    from .bootstrap import CHAT_TEMPLATE
 
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / stage / "final"

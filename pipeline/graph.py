@@ -1,93 +1,56 @@
-"""The stage graph: which stages a recipe asks for, their dependencies, configs, resources and hashes.
+"""The stage graph: which stages a recipe asks for, their dependencies, fully resolved configs and hashes.
 
-Stage ids: ``bootstrap``, ``sft.<domain>``, ``grpo.<domain>.<mode>``, ``distill``, ``eval``. A stage's
-*config hash* covers everything in the recipe that changes what it computes; its *fingerprint* chains that with its
-dependencies' fingerprints, so a change upstream re-runs everything downstream.
+Every registered stage kind whose recipe section is present expands into its stages (``StageKind.expand``, in the
+kinds' ``order``), each with its fully resolved config: per-domain and per-mode overrides applied, the learner
+merged, typed shaping, defaults taken from other sections resolved. The graph is built once per command; a stage
+reads only its own resolved config.
+
+Identity. A stage's *config hash* is the hash of its resolved config without its operational fields
+(``core.config.identity``; docs/recipe.md lists them) plus the content of the files outside the run it reads
+(``StageSpec.inputs``: data files, an adopted model folder, path teachers). Its *fingerprint* chains that with its
+dependencies' fingerprints and the content hash of their outputs (``output_hash`` in their manifests), so a change
+upstream re-runs everything downstream, while an operational change (resources, checkpoint cadence, logging)
+re-runs nothing.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
-from typing import Any
+import os
+from pathlib import Path
 
-from .recipe import Recipe, Resources
+from core.config import digest, identity
+from core.registry import STAGE_KINDS, StageSpec
 
+from . import stages as _kinds  # noqa: F401  (registers the built-in stage kinds)
 
-@dataclass
-class StageSpec:
-    id: str
-    kind: str
-    deps: list[str]
-    config: Any                 # typed stage config
-    resources: Resources
-    config_key: str             # where the config lives in the recipe (for error messages)
-    domain: str | None = None
-    mode: str | None = None
-    hashed: dict = field(default_factory=dict)   # what the config hash covers
-
-    @property
-    def config_hash(self) -> str:
-        return _hash(self.hashed)
+__all__ = ["StageSpec", "build_graph", "check_graph", "config_hash", "fingerprints", "dependants", "ancestors", "content_hash"]
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def build_graph(recipe: Recipe) -> list[StageSpec]:
-    """Stages in run order (a topological order, stable by id). Raises ValueError on a bad reference."""
-    model = recipe.model.model_dump()
-    stages: list[StageSpec] = [StageSpec(
-        "bootstrap", "bootstrap", [], recipe.bootstrap, recipe.bootstrap.resources, "bootstrap",
-        hashed={"model": model, "seed": recipe.seed})]
-    if recipe.sft is not None:
-        for d in recipe.domains:
-            cfg = recipe.sft.for_domain(d)
-            learner = recipe.learner_for(cfg.learner)
-            stages.append(StageSpec(
-                f"sft.{d}", "sft", [cfg.init_from], cfg, cfg.resources, "sft", domain=d,
-                hashed={"sft": cfg.model_dump(), "learner": learner.model_dump(), "seed": recipe.seed,
-                        "modes": recipe.modes, "task": recipe.task_source(d).model_dump(), "domain": d}))
-    if recipe.grpo is not None:
-        for d in recipe.domains:
-            for mode in recipe.grpo.modes or recipe.modes:
-                cfg = recipe.grpo.resolved(d, mode)
-                learner = recipe.learner_for(cfg.learner)
-                stages.append(StageSpec(
-                    f"grpo.{d}.{mode}", "grpo", [cfg.init_from], cfg, cfg.resources, "grpo", domain=d, mode=mode,
-                    hashed={"grpo": cfg.model_dump(), "learner": learner.model_dump(), "seed": recipe.seed,
-                            "task": recipe.task_source(d).model_dump(), "domain": d, "mode": mode}))
-    if recipe.distill is not None:
-        cfg = recipe.distill
-        teachers = distill_teachers(recipe)
-        deps = [cfg.student_from] + sorted({t.stage for ts in teachers.values() for t in ts if t.stage})
-        stages.append(StageSpec(
-            "distill", "distill", list(dict.fromkeys(deps)), cfg, cfg.resources, "distill",
-            hashed={"distill": cfg.model_dump(), "teachers": {k: [t.model_dump() for t in v]
-                                                              for k, v in teachers.items()},
-                    "learner": recipe.learner_for(cfg.learner).model_dump(), "seed": recipe.seed,
-                    "modes": recipe.modes, "domains": recipe.domains,
-                    "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}}))
-    if recipe.eval is not None:
-        cfg = recipe.eval
-        model_stages = [s.id for s in stages]
-        targets = cfg.models if cfg.models is not None else model_stages
-        stages.append(StageSpec(
-            "eval", "eval", list(targets), cfg, cfg.resources, "eval.models",
-            hashed={"eval": cfg.model_dump(), "seed": recipe.seed, "modes": recipe.modes, "domains": recipe.domains,
-                    "tasks": {d: recipe.task_source(d).model_dump() for d in recipe.domains}}))
-    ids = {s.id for s in stages}
-    for s in stages:
+def build_graph(recipe, check: bool = True) -> list[StageSpec]:
+    """Stages in run order (a topological order, stable by id). Raises ValueError (one line) on a bad reference
+    or a config a stage would refuse at run time (``StageKind.check``)."""
+    specs: list[StageSpec] = []
+    for kind in sorted(STAGE_KINDS.values(), key=lambda k: k.order):
+        if getattr(recipe, kind.section, None) is not None:
+            specs += kind.expand(recipe, list(specs))
+    ids = {s.id for s in specs}
+    for s in specs:
         for dep in s.deps:
             if dep not in ids:
-                field = {"sft": "sft.init_from", "grpo": "grpo.init_from", "distill": "distill.student_from/teachers",
-                         "eval": "eval.models"}.get(s.kind, s.config_key)
-                raise ValueError(f"{field}: stage {s.id} depends on unknown stage {dep!r} "
+                raise ValueError(f"{s.dep_field or s.config_key}: stage {s.id} depends on unknown stage {dep!r} "
                                  f"(known: {', '.join(sorted(ids))})")
             if dep == s.id:
                 raise ValueError(f"{s.config_key}: stage {s.id} depends on itself")
-    return _toposort(stages)
+    order = _toposort(specs)
+    if check:
+        check_graph(order)
+    return order
+
+
+def check_graph(graph: list[StageSpec]) -> None:
+    """Every stage's run-time config checks (``StageKind.check``), as its worker runs them before any work."""
+    for s in graph:
+        STAGE_KINDS[s.kind].check(s)
 
 
 def _toposort(stages: list[StageSpec]) -> list[StageSpec]:
@@ -110,17 +73,47 @@ def _toposort(stages: list[StageSpec]) -> list[StageSpec]:
     return order
 
 
-def fingerprints(graph: list[StageSpec], tokens: dict[str, str] | None = None) -> dict[str, str]:
-    """Per stage: hash(config hash, dependencies' fingerprints, dependencies' completion tokens).
+def content_hash(path: str | os.PathLike) -> str:
+    """Hash of a file's or folder's content (files of up to 64 MiB fully; larger ones by size and their first and
+    last MiB, so an adopted multi-GB model folder is fingerprinted in milliseconds). A missing path hashes to
+    ``missing``; a hub id (not a local path) to itself."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return "missing" if str(path).startswith(("/", ".", "~")) else f"id:{path}"
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with open(f, "rb") as fh:
+            if size <= 64 << 20:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(size - (1 << 20))
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
 
-    ``tokens`` maps a completed stage to the token written when it completed, so re-running an upstream stage
-    (even with the same config) invalidates what was built on its old outputs.
+
+def config_hash(spec: StageSpec) -> str:
+    return digest({"kind": spec.kind, "config": identity(spec.config),
+                   "inputs": {p: content_hash(p) for p in spec.inputs}})
+
+
+def fingerprints(graph: list[StageSpec], outputs: dict[str, str] | None = None,
+                 hashes: dict[str, str] | None = None) -> dict[str, str]:
+    """Per stage: hash(config hash, dependencies' fingerprints and output hashes).
+
+    ``outputs`` maps a completed stage to the content hash of what it produced, so re-running an upstream stage
+    invalidates what was built on its old outputs -- unless it produced exactly the same files.
     """
-    tokens = tokens or {}
+    outputs = outputs or {}
     fp: dict[str, str] = {}
+    hashes = hashes or {s.id: config_hash(s) for s in graph}
     for s in graph:
-        fp[s.id] = _hash({"config": s.config_hash,
-                          "deps": {d: [fp[d], tokens.get(d)] for d in s.deps}})
+        fp[s.id] = digest({"config": hashes[s.id], "deps": {d: [fp[d], outputs.get(d)] for d in s.deps}})
     return fp
 
 
@@ -146,22 +139,4 @@ def ancestors(graph: list[StageSpec], roots: set[str]) -> set[str]:
         if i not in out:
             out.add(i)
             todo.extend(by_id[i].deps)
-    return out
-
-
-def distill_teachers(recipe: Recipe) -> dict:
-    """``"domain.mode"`` -> teacher refs; by default each domain x mode is taught by its GRPO teacher."""
-    from .recipe import TeacherRef
-
-    cfg = recipe.distill
-    out = {}
-    for d in recipe.domains:
-        for m in recipe.modes:
-            key = f"{d}.{m}"
-            if key in cfg.teachers:
-                out[key] = cfg.teachers[key]
-            elif recipe.grpo is not None and m in (recipe.grpo.modes or recipe.modes):
-                out[key] = [TeacherRef(stage=f"grpo.{d}.{m}")]
-            elif recipe.sft is not None:
-                out[key] = [TeacherRef(stage=f"sft.{d}")]
     return out

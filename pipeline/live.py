@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-KEY_METRICS = {"sft": ("loss",), "grpo": ("reward", "reward_mean", "accuracy"),
-               "distill": ("kl", "loss", "reward"), "eval": ("models_done",)}
+from core.registry import STAGE_KINDS
+
 GENERIC = ("reward", "loss", "kl")
 STYLE = {"complete": "green", "running": "bold yellow", "failed": "bold red", "skipped": "red", "pending": "dim",
          "waiting": "dim"}
@@ -56,16 +56,15 @@ def stage_progress(run_dir: Path, spec) -> dict:
         manifest = json.loads((d / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         manifest = {}
-    total = getattr(spec.config, "steps", None) or manifest.get("progress_total")
-    if total and getattr(spec.config, "warmup_sft_steps", 0):   # distill numbers its warm-up steps first
-        total += spec.config.warmup_sft_steps
+    kind = STAGE_KINDS.get(spec.kind)
+    total = (kind.progress_total(spec.config) if kind else None) or manifest.get("progress_total")
     rows = _tail_rows(d / "metrics.jsonl")
     out = {"step": None, "total": total, "eta_s": None, "metric": None, "value": None}
     if not rows:
         return out
     last = rows[-1]
     out["step"] = last.get("step")
-    for k in KEY_METRICS.get(spec.kind, ()) + GENERIC:
+    for k in (kind.key_metrics if kind else ()) + GENERIC:
         v = last.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out["metric"], out["value"] = k, v

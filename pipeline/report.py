@@ -1,29 +1,32 @@
 """`pipeline report RUN_DIR`: a self-contained ``report/index.html`` with PNG plots next to it.
 
 Reads only the run directory: each stage's ``manifest.json`` and ``metrics.jsonl`` and ``eval/results.json``.
-Plots: reward / accuracy / response-length (and KL, clip fraction, entropy when logged) per GRPO stage, SFT loss,
-per-teacher KL during distillation (``kl.*`` keys), a student-vs-teachers heatmap of held-out reward per
-domain x mode, and the stage timeline (what ran when, with which resources). Stages that do not exist, have not run
-or logged nothing are simply left out. No network, no JavaScript: the folder can be copied anywhere.
+Plots: per stage kind, the curves its kind declares (``StageKind.curves``: SFT loss; GRPO reward, accuracy,
+response length, entropy; distillation loss and per-teacher KL, ``kl.*``), a heatmap of held-out reward per
+model x domain x mode, and the stage timeline (what ran when, with which resources). Stages that do not exist, have
+not run or logged nothing are simply left out. No network, no JavaScript: the folder can be copied anywhere.
 
     pipeline report runs/think_max && chromium runs/think_max/report/index.html
 """
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from datetime import datetime
 from pathlib import Path
 
-from .core.rundir import atomic_write_text, read_json
+from core.registry import STAGE_KINDS
+from core.rundir import MetricsLog, RunDirError, atomic_write_text, read_json
 
-KIND_COLORS = {"bootstrap": "#7f7f7f", "sft": "#1f77b4", "grpo": "#d62728", "distill": "#2ca02c", "eval": "#9467bd"}
-# first key present wins
-REWARD_KEYS = ("reward", "reward_mean", "score")
-LENGTH_KEYS = ("response_length", "length_mean", "length")
-EXTRA_KEYS = ("accuracy", "kl", "clip_frac", "entropy", "masked_frac", "mismatch", "tokens_per_s")
+from . import stages as _kinds  # noqa: F401  (the stage kinds: what each plots)
+
+PALETTE = ("#7f7f7f", "#1f77b4", "#17becf", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+
+
+def kind_color(kind: str) -> str:
+    order = [k.name for k in sorted(STAGE_KINDS.values(), key=lambda k: k.order)]
+    return PALETTE[order.index(kind) % len(PALETTE)] if kind in order else PALETTE[-1]
 
 
 def _plt():
@@ -37,8 +40,6 @@ def _plt():
 
 def read_metrics(path: Path) -> list[dict]:
     """A stage's metrics.jsonl rows (a torn last line from a kill is dropped), via the run directory's own reader."""
-    from .core.rundir import MetricsLog
-
     return [r for r in MetricsLog(path).rows() if isinstance(r, dict)]
 
 
@@ -50,13 +51,6 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
             xs.append(r.get("step", i + 1))
             ys.append(v)
     return xs, ys
-
-
-def _first_key(rows: list[dict], keys) -> str | None:
-    for k in keys:
-        if any(isinstance(r.get(k), (int, float)) for r in rows):
-            return k
-    return None
 
 
 def _num(v) -> str:
@@ -102,64 +96,39 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
-def plot_grpo(stage: dict, out: Path) -> str | None:
-    rows = stage["metrics"]
-    panels = [k for k in (_first_key(rows, REWARD_KEYS), _first_key(rows, LENGTH_KEYS)) if k]
-    panels += [k for k in EXTRA_KEYS if k not in panels and _series(rows, k)[0]][: max(0, 4 - len(panels))]
+def plot_kind(kind: str, stages: list[dict], out: Path) -> str | None:
+    """One figure per stage kind: a panel per curve the kind declares (``kl.*``: every per-teacher KL key), one line
+    per stage of that kind."""
+    spec = STAGE_KINDS.get(kind)
+    mine = [s for s in stages if s["kind"] == kind]
+    if spec is None or not spec.curves or not mine:
+        return None
+    panels = []
+    for c in spec.curves:
+        keys = (sorted({k for s in mine for r in s["metrics"] for k in r if k.startswith(c[:-1])})
+                if c.endswith("*") else [c])
+        keys = [k for k in keys if any(_series(s["metrics"], k)[0] for s in mine)]
+        if keys:
+            panels.append((c, keys))
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
-    for ax, key in zip(axes[0], panels):
-        xs, ys = _series(rows, key)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, color=KIND_COLORS["grpo"])
-        if key in REWARD_KEYS and _series(rows, "accuracy")[0] and "accuracy" not in panels:
-            ax.plot(*_series(rows, "accuracy"), ls="--", color="#555", label="accuracy")
-            ax.legend(fontsize=7)
-        ax.set_title(key, fontsize=9)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.0), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for s in mine:
+            for k in keys:
+                xs, ys = _series(s["metrics"], k)
+                if xs:
+                    label = s["id"] if len(keys) == 1 else k
+                    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=2, lw=1, label=label)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(stage["id"], fontsize=10)
-    return _save(fig, out, f"grpo_{stage['id'].replace('.', '_')}.png")
-
-
-def plot_sft(stages: list[dict], out: Path) -> str | None:
-    sft = [s for s in stages if s["kind"] == "sft" and _series(s["metrics"], "loss")[0]]
-    if not sft:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    for s in sft:
-        ax.plot(*_series(s["metrics"], "loss"), label=s["id"])
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (per assistant token)")
-    ax.set_title("SFT loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "sft_loss.png")
-
-
-def plot_distill(stages: list[dict], out: Path) -> str | None:
-    d = [s for s in stages if s["kind"] == "distill"]
-    if not d:
-        return None
-    rows = d[0]["metrics"]
-    keys = sorted({k for r in rows for k in r if k.startswith("kl.")})
-    if not keys:
-        keys = [k for k in ("kl", "loss") if _series(rows, k)[0]]
-    if not keys:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    for k in keys:
-        ax.plot(*_series(rows, k), label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("reverse KL to teacher")
-    ax.set_title("Distillation: KL per teacher")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out, "distill_kl.png")
+        if title == "loss" and all(y > 0 for s in mine for y in _series(s["metrics"], "loss")[1]):
+            ax.set_yscale("log")
+    axes[0][-1].legend(fontsize=6, ncol=2 if len(mine) > 6 else 1, loc="best")
+    fig.suptitle(f"{kind}: {spec.label}", fontsize=9)
+    return _save(fig, out, f"curves_{kind}.png")
 
 
 def heatmap_data(rows: list[dict], metric: str = "reward_mean") -> tuple[list[str], list[str], list[list]]:
@@ -174,8 +143,9 @@ def heatmap_data(rows: list[dict], metric: str = "reward_mean") -> tuple[list[st
         if c not in cols:
             cols.append(c)
         val[(r["model"], c)] = r["value"]
-    rank = {"bootstrap": 0, "sft": 1, "grpo": 2, "distill": 3}
-    models.sort(key=lambda m: (rank.get(m.split(".")[0], 4), m))
+    order = [k.name for k in sorted(STAGE_KINDS.values(), key=lambda k: k.order)]
+    rank = {k: i for i, k in enumerate(order)}
+    models.sort(key=lambda m: (rank.get(m.split(".")[0], len(order)), m))
     return models, cols, [[val.get((m, c)) for c in cols] for m in models]
 
 
@@ -199,9 +169,58 @@ def plot_heatmap(rows: list[dict], out: Path, metric: str = "reward_mean") -> st
             if np.isfinite(arr[i, j]):
                 ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if arr[i, j] < 0.5 else "black")
-    ax.set_title(f"{metric} (sampled, T=1): student vs teachers (grey: not evaluated)", fontsize=9)
+    ax.set_title(f"held-out {metric} (grey: not evaluated)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return _save(fig, out, f"heatmap_{metric}.png")
+
+
+def plot_efficacy(table: dict, out: Path) -> str | None:
+    """Grouped bars per domain x mode: start, SFT, teacher, student and the controls, with 95% intervals."""
+    cells = table["cells"]
+    if not cells:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    keys = [k for k in ("start", "sft", "teacher", "student", "seqkd", "entropy") if any(k in c for c in cells)]
+    x = np.arange(len(cells))
+    w = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(cells) + 2), 3.6))
+    for j, k in enumerate(keys):
+        v = [c[k]["value"] if k in c else np.nan for c in cells]
+        lo = [c[k]["value"] - (c[k]["ci"][0] if c[k]["ci"][0] is not None else c[k]["value"]) if k in c else 0
+              for c in cells]
+        hi = [(c[k]["ci"][1] if c[k]["ci"][1] is not None else c[k]["value"]) - c[k]["value"] if k in c else 0
+              for c in cells]
+        ax.bar(x + (j - (len(keys) - 1) / 2) * w, v, w, yerr=[lo, hi], capsize=1.5, label=k,
+               error_kw={"lw": 0.6})
+    ax.set_xticks(x, [c["cell"].replace(".", "\n") for c in cells], fontsize=7)
+    ax.set_ylabel("held-out reward_mean")
+    s = table["summary"]
+    cap = "n/a" if s["capture_mean"] is None else f"{s['capture_mean']:.2f}"
+    ax.set_title(f"start, teachers, student and controls (95% intervals); mean headroom capture {cap} over "
+                 f"{s['cells_with_headroom']} cells", fontsize=9)
+    ax.legend(fontsize=7, ncol=len(keys))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out, "efficacy.png")
+
+
+def efficacy_table_html(table: dict) -> str:
+    keys = [k for k in ("start", "sft", "teacher", "student", "seqkd", "entropy")
+            if any(k in c for c in table["cells"])]
+    body = []
+    for c in table["cells"]:
+        cells = [c["cell"]]
+        for k in keys:
+            v = c.get(k)
+            cells.append("" if v is None else _fmt(v["value"]) + (
+                f" <span class='muted'>[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]</span>" if v["ci"][0] is not None else ""))
+        cells += [_fmt(c["headroom"]), "" if c["capture"] is None else _fmt(c["capture"])]
+        body.append(cells)
+    s = table["summary"]
+    body.append(["<b>mean</b>"] + [_fmt(s.get(f"mean_{k}")) for k in keys]
+                + ["", "" if s["capture_mean"] is None else f"<b>{s['capture_mean']:.3f}</b>"])
+    return _table(["domain.mode", *keys, "headroom", "capture"], body)
 
 
 def plot_timeline(stages: list[dict], out: Path) -> str | None:
@@ -225,7 +244,7 @@ def plot_timeline(stages: list[dict], out: Path) -> str | None:
         m = s["manifest"]
         res = m.get("resources") or {}
         label = f"{_num(res.get('num_cpus', '?'))} cpu" + (f", {_num(res['num_gpus'])} gpu" if res.get("num_gpus") else "")
-        color = KIND_COLORS.get(s["kind"], "#8c564b")
+        color = kind_color(s["kind"])
         ax.barh(i, t1 - t0, left=t0 - origin, color=color, alpha=0.85 if m.get("status") == "complete" else 0.4,
                 edgecolor="red" if m.get("status") == "failed" else None)
         ax.text(t1 - origin, i, f" {label} {m.get('status', '')}", va="center", fontsize=7)
@@ -274,8 +293,10 @@ def eval_table_html(rows: list[dict]) -> str:
     metrics.sort(key=lambda m: (first.index(m) if m in first else 3, m))
     table: dict[tuple, dict] = {}
     for r in rows:
-        table.setdefault((r["model"], r["domain"], r["mode"]), {"n": r["n"]})[r["metric"]] = r["value"]
-    body = [[html.escape(k[0]), k[1], k[2], v["n"], *[_fmt(v.get(m)) for m in metrics]] for k, v in table.items()]
+        v = _fmt(r["value"]) + (f" <span class='muted'>[{r['ci_low']:.3f}, {r['ci_high']:.3f}]</span>"
+                                 if "ci_low" in r else "")
+        table.setdefault((r["model"], r["domain"], r["mode"]), {"n": r["n"]})[r["metric"]] = v
+    body = [[html.escape(k[0]), k[1], k[2], v["n"], *[v.get(m, "") for m in metrics]] for k, v in table.items()]
     return _table(["model", "domain", "mode", "n", *metrics], body, left=3)
 
 
@@ -297,8 +318,6 @@ def stages_table_html(stages: list[dict]) -> str:
 
 def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     """Write ``<out or run_dir/report>/index.html`` and its PNGs; returns the HTML path."""
-    from .core.rundir import RunDirError
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory")
@@ -317,20 +336,25 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
         return f'<img src="{name}" alt="{html.escape(alt)}">' if name else ""
 
     section("Stages", stages_table_html(stages) + img(plot_timeline(stages, out), "stage timeline"))
+    from .efficacy import efficacy, roles
+
+    eff = efficacy(rows, roles(run_dir)) if rows else {"cells": []}
+    if eff["cells"]:
+        section("Efficacy: the student against its start, its teachers and the controls",
+                img(plot_efficacy(eff, out), "efficacy") + efficacy_table_html(eff)
+                + '<p class="muted">headroom = teacher − start; capture = (student − start) / headroom, at most 1, '
+                  'averaged over cells with headroom &gt; 0.05. seqkd: the start fine-tuned on teacher samples '
+                  '(same teacher tokens); entropy: GRPO with no reward signal.</p>')
     if rows:
         heat = plot_heatmap(rows, out)
         section("Evaluation", img(heat, "student vs teachers heatmap") + eval_table_html(rows)
-                + '<p class="muted">Greedy metrics unless suffixed _sampled; pass@k from sampled completions '
-                  '(unbiased estimator). Source: eval/results.json.</p>')
-    grpo = [plot_grpo(s, out) for s in stages if s["kind"] == "grpo"]
-    if any(grpo):
-        section("GRPO: reward and response length", "".join(img(g, "grpo curves") for g in grpo if g))
-    sft = plot_sft(stages, out)
-    if sft:
-        section("SFT", img(sft, "SFT loss"))
-    kl = plot_distill(stages, out)
-    if kl:
-        section("Distillation", img(kl, "distillation KL per teacher"))
+                + '<p class="muted">reward_mean, accuracy, length_mean and pass@k over sampled completions '
+                  '(the recipe\'s sampling), with 95% bootstrap intervals over prompts in brackets; *_greedy: '
+                  'greedy decoding. Source: eval/results.json.</p>')
+    for kind in sorted(STAGE_KINDS.values(), key=lambda k: k.order):
+        fig = plot_kind(kind.name, stages, out)
+        if fig:
+            section(f"{kind.name}: training curves", img(fig, f"{kind.name} curves"))
     name = run_dir.resolve().name
     recipe = run_dir / "recipe.yaml"
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)} report</title>"

@@ -7,19 +7,43 @@ failing stage stops its dependants and lets unrelated stages finish.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 import yaml
 
-from .core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
-from .graph import StageSpec, ancestors, build_graph, dependants, fingerprints
+from core.config import digest
+from core.registry import STAGE_KINDS
+from core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
+
+from .graph import StageSpec, ancestors, build_graph, config_hash, content_hash, dependants, fingerprints
 from .recipe import Recipe, RecipeError, cross_check
+
+
+PROMPT_ALLOWANCE = 512       # prompt tokens an engine's max_model_len allows for beside the largest mode budget
+
+
+def uses_fleet(config) -> bool:
+    """Whether a stage's resolved config samples with an engine of the fleet (any ``engine`` of kind vllm in it,
+    its own rollouts or its held-out evaluation)."""
+    from pydantic import BaseModel
+
+    from rollout.config import EngineConfig
+
+    if isinstance(config, EngineConfig):
+        return config.kind == "vllm"
+    if isinstance(config, BaseModel):
+        return any(uses_fleet(getattr(config, n)) for n in type(config).model_fields)
+    if isinstance(config, (list, tuple)):
+        return any(uses_fleet(v) for v in config)
+    if isinstance(config, dict):
+        return any(uses_fleet(v) for v in config.values())
+    return False
 
 
 def stage_status(run_dir: Path, stage_id: str) -> dict:
@@ -36,11 +60,12 @@ def _node_info() -> dict:
         return {}
 
 
-def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: str, driver=None) -> dict:
-    """Body of the Ray task: runs one stage in its own worker process and writes its manifest."""
+def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: dict, driver=None) -> dict:
+    """Body of the Ray task: runs one stage in its own worker process and writes its manifest.
+
+    ``hashes``: (config hash, input fingerprint); ``run``: ``{"seed", "name", "logging"}`` of the recipe."""
     import pipeline.stages  # noqa: F401  (registers the stage kinds)
-    from .core.context import DriverGone, StageContext
-    from .core.registry import STAGE_KINDS
+    from core.context import DriverGone, StageContext
 
     num_cpus = max(1, int(spec.resources.num_cpus))
     try:
@@ -49,21 +74,34 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
         torch.set_num_threads(num_cpus)
     except ImportError:
         pass
+    kind = STAGE_KINDS[spec.kind]
     stage_dir = Path(run_dir) / spec.id
-    ctx = StageContext(stage_id=spec.id, kind=spec.kind, dir=stage_dir, config=spec.config, recipe=recipe,
-                       deps={d: Path(run_dir) / d / "final" for d in spec.deps}, seed=recipe.seed,
+    heldout = getattr(spec.config, "heldout", None)
+    evaluator = None
+    if heldout is not None:
+        from train.evaluate import HeldOutEvaluator
+
+        evaluator = HeldOutEvaluator(heldout, workers=num_cpus, fleet=run.get("fleet"), who=spec.id)
+    ctx = StageContext(stage_id=spec.id, kind=spec.kind, dir=stage_dir, config=spec.config,
+                       deps={d: Path(run_dir) / d / "final" for d in spec.deps}, seed=run["seed"],
                        num_cpus=num_cpus, num_gpus=spec.resources.num_gpus, domain=spec.domain, mode=spec.mode,
-                       driver=driver)
+                       driver=driver, logging=run["logging"], project=run["name"], evaluator=evaluator,
+                       services={"fleet": run.get("fleet")})
     ctx.check_driver()
     m = ctx.manifest.read()
-    ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=spec.config_hash,
-                        inputs_hash=inputs_hash, started=m.get("started") or now(), finished=None, error=None,
+    ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=hashes[0],
+                        inputs_hash=hashes[1], started=m.get("started") or now(), finished=None, error=None,
                         attempts=m.get("attempts", 0) + 1, pid=os.getpid(), deps=spec.deps,
                         resources=spec.resources.model_dump(), domain=spec.domain, mode=spec.mode,
                         node=_node_info())
     t0 = time.time()
     try:
-        summary = STAGE_KINDS[spec.kind](ctx) or {}
+        kind.check(spec)                   # the same checks `pipeline validate` ran
+        if "code" in spec.scores:          # never train or evaluate on code rewards nothing could isolate
+            from rewards.sandbox import require_sandbox
+
+            ctx.log.info(f"[{spec.id}] code sandbox: {require_sandbox()}")
+        summary = kind.run_fn()(ctx) or {}
         ctx.check_driver()
     except DriverGone:
         raise  # leave the manifest to whoever owns the run directory now
@@ -72,18 +110,23 @@ def _execute_stage(spec: StageSpec, recipe: Recipe, run_dir: str, inputs_hash: s
         ctx.manifest.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
                             finished=now())
         raise
+    finally:
+        ctx.close()
     outputs = {"final": "final"} if ctx.final_dir.exists() else {}
-    ctx.manifest.update(status="complete", finished=now(), metrics=summary, outputs=outputs,
-                        token=uuid.uuid4().hex[:12], wall_s=round(time.time() - t0, 2))
+    produced = content_hash(ctx.final_dir) if ctx.final_dir.exists() else digest(summary)
+    ctx.manifest.update(status="complete", finished=now(), metrics=summary, outputs=outputs, output_hash=produced,
+                        wall_s=round(time.time() - t0, 2))
     return summary
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: str = "recipe", echo=print, live=None):
+    def __init__(self, recipe: Recipe, run_dir: Path, recipe_path: str = "recipe", echo=print, live=None,
+                 graph: list[StageSpec] | None = None):
         self.recipe, self.run_dir, self.recipe_path, self.echo = recipe, Path(run_dir), recipe_path, echo
         self.live = live                   # pipeline.live.LiveView (or None): refreshed while stages run
-        self.graph = build_graph(recipe)
+        self.graph = graph if graph is not None else build_graph(recipe)
         self.by_id = {s.id: s for s in self.graph}
+        self.hashes = {s.id: config_hash(s) for s in self.graph}
 
     def _check_ids(self, ids, flag) -> None:
         for i in ids:
@@ -97,12 +140,12 @@ class Runner:
             return dependants(self.graph, {from_})
         return set(only) if only else set(self.by_id)
 
-    def _tokens(self) -> dict[str, str]:
-        return {s.id: stage_status(self.run_dir, s.id).get("token") for s in self.graph}
+    def _outputs(self) -> dict[str, str]:
+        return {s.id: stage_status(self.run_dir, s.id).get("output_hash") for s in self.graph}
 
     def up_to_date(self, spec: StageSpec, fp: str) -> bool:
         m = stage_status(self.run_dir, spec.id)
-        return (m.get("status") == "complete" and m.get("config_hash") == spec.config_hash
+        return (m.get("status") == "complete" and m.get("config_hash") == self.hashes[spec.id]
                 and m.get("inputs_hash") == fp)
 
     def run(self, only=(), from_=None, force=(), address=None) -> int:
@@ -117,7 +160,7 @@ class Runner:
             init = dict(include_dashboard=False, logging_level="warning", log_to_driver=True)
             if address:
                 ray.init(address=address, **init)
-                cross_check(self.recipe, self.recipe_path, cluster=ray.cluster_resources())
+                cross_check(self.recipe, self.recipe_path, cluster=ray.cluster_resources(), graph=self.graph)
             else:
                 ray.init(address="local", num_cpus=self.recipe.ray.num_cpus or os.cpu_count(),
                          num_gpus=self.recipe.ray.num_gpus, **init)
@@ -128,13 +171,13 @@ class Runner:
 
     def _loop(self, selected: set[str], forced: set[str], ray) -> int:
         remote = ray.remote(max_retries=0)(_execute_stage)
+        run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging}
         needed = ancestors(self.graph, selected)
         done: dict[str, str] = {}          # id -> complete | failed | skipped
         running: dict = {}                 # ObjectRef -> (spec, t0)
         t_start = time.time()
         while True:
-            tokens = self._tokens()
-            fps = fingerprints(self.graph, tokens)
+            fps = fingerprints(self.graph, self._outputs(), self.hashes)
             for spec in self.graph:
                 if spec.id in done or spec.id not in needed or any(r[0].id == spec.id for r in running.values()):
                     continue
@@ -158,10 +201,12 @@ class Runner:
                         self.echo(f"[done] {spec.id}: up to date, skipped")
                     continue
                 self._prepare_dir(spec, fps[spec.id], fresh)
+                if run_info.get("fleet") is None and uses_fleet(spec.config):
+                    run_info["fleet"] = self._start_fleet(spec)
                 ref = remote.options(num_cpus=spec.resources.num_cpus, num_gpus=spec.resources.num_gpus,
                                      resources=spec.resources.custom or None, name=spec.id
-                                     ).remote(spec, self.recipe, str(self.run_dir), fps[spec.id],
-                                              (socket.gethostname(), os.getpid()))
+                                     ).remote(spec, str(self.run_dir), (self.hashes[spec.id], fps[spec.id]),
+                                              run_info, (socket.gethostname(), os.getpid()))
                 running[ref] = (spec, time.time())
                 # submitted to Ray, which starts it as soon as its resources are free (manifest `started`)
                 self.echo(f"[start] {spec.id} ({spec.kind}; {spec.resources.num_cpus:g} CPU"
@@ -187,18 +232,54 @@ class Runner:
                 done[spec.id] = "failed"
                 err = stage_status(self.run_dir, spec.id).get("error") or str(e).splitlines()[-1]
                 self.echo(f"[FAIL] {spec.id}: {err} (log: {self.run_dir / spec.id / 'log.txt'})")
+        if run_info.get("fleet") is not None:
+            self._record_fleet(run_info["fleet"], ray)
         failed = [i for i, s in done.items() if s in ("failed", "skipped") and i in selected]
         self.echo(f"run finished in {time.time() - t_start:.0f}s: "
                   f"{sum(s == 'complete' for i, s in done.items() if i in selected)} complete, "
                   f"{len(failed)} failed or skipped" + (f" ({', '.join(failed)})" if failed else ""))
         return 1 if failed else 0
 
+    def _start_fleet(self, spec: StageSpec):
+        """The run's rollout fleet, started (asynchronously: stages wait in their first lease) the first time a stage
+        that samples with ``vllm`` is about to start, from that stage's first dependency's model (every model of a
+        run shares the architecture; on a GPU with fp4, an MXFP4A16 export of it, so packed weights load as is)."""
+        from rollout.fleet import start_fleet
+        from train.config import mode_budgets
+
+        cfg = self.recipe.fleet
+        if cfg is None:
+            raise RecipeError(f"stage {spec.id} samples with engine kind vllm, but the recipe has no fleet section")
+        model = self.run_dir / spec.deps[0] / "final"
+        if cfg.fp4 and cfg.resources.num_gpus:
+            from rollout.export import export_mxfp4_checkpoint
+
+            packed = self.run_dir / "fleet" / "model"
+            if not (packed / "config.json").exists():
+                export_mxfp4_checkpoint(str(model), None, packed)
+            model = packed
+        max_pos = json.loads((model / "config.json").read_text()).get("max_position_embeddings") or 1 << 20
+        max_len = cfg.max_model_len or min(max_pos, PROMPT_ALLOWANCE + max(mode_budgets(self.recipe).values()))
+        self.echo(f"[fleet] starting {cfg.engines} vLLM engine(s) from {model} (max_model_len {max_len}, "
+                  f"fp4 {cfg.fp4})")
+        return start_fleet(str(model), cfg, max_len, self.recipe.seed)
+
+    def _record_fleet(self, fleet, ray) -> None:
+        try:
+            stats = ray.get(fleet.stats.remote(), timeout=30)
+        except Exception as e:  # noqa: BLE001 — the fleet failed to start: each stage that needed it said why
+            stats = {"error": str(e).splitlines()[0][:300]}
+        atomic_write_text(self.run_dir / "fleet.json", json.dumps(stats, indent=2) + "\n")
+        if "starts" in stats:
+            self.echo(f"[fleet] {stats['engines']} engine(s), {stats['starts']} start(s), "
+                      f"{stats['replacements']} replacement(s), {stats['leases']} lease(s); served {stats['served']}")
+
     def _prepare_dir(self, spec: StageSpec, fp: str, fresh: bool) -> None:
         """Keep an interrupted stage's folder (it resumes); clear one whose config or inputs changed."""
         d = self.run_dir / spec.id
         m = stage_status(self.run_dir, spec.id)
         # (a stage that never started -- skipped because a dependency failed -- has no hashes: nothing to clear)
-        stale = bool(m.get("config_hash")) and (m.get("config_hash") != spec.config_hash
+        stale = bool(m.get("config_hash")) and (m.get("config_hash") != self.hashes[spec.id]
                                                 or m.get("inputs_hash") != fp or m.get("status") == "complete")
         if d.exists() and (fresh or stale):
             trash = d.with_name(f".{spec.id}.stale-{time.time_ns()}")
@@ -215,7 +296,7 @@ def status_rows(run_dir: Path) -> list[dict]:
     rec = run_dir / "recipe.yaml"
     if rec.exists():
         try:
-            order = [s.id for s in build_graph(Recipe.model_validate(yaml.safe_load(rec.read_text())))]
+            order = [s.id for s in build_graph(Recipe.model_validate(yaml.safe_load(rec.read_text())), check=False)]
         except Exception:
             order = []
     found = sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())

@@ -1,5 +1,6 @@
-"""Imports every built-in stage kind so that it registers itself (the runner's only link to the stages)."""
-from . import bootstrap  # noqa: F401
-from specialists import grpo, sft  # noqa: F401
-from distill import stage as _distill  # noqa: F401
-from . import eval_stage  # noqa: F401
+"""Imports every built-in stage kind's declaration so that it registers itself (the orchestrator's only link to the
+stages). Declarations are light (pydantic configs, no torch); each kind's run function is imported by name inside the
+stage's Ray worker."""
+import distill.config  # noqa: F401  (generalist, distill)
+import specialists.config  # noqa: F401  (sft, grpo)
+import train.config  # noqa: F401  (bootstrap, eval)

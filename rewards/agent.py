@@ -11,7 +11,7 @@ The loop (in the rollout layer)::
     verdict = rewards.base.score("agent", ep.transcript, sample, mode)
 
 **Transcript format** (the agent ``completion``): the assistant turns and tool observations rendered as
-``rewards.chat.render_prompt`` renders them, starting after the prompt's generation prefix::
+``core.chat.render_prompt`` renders them, starting after the prompt's generation prefix::
 
     <turn 1 text><|end|><|tool|><observation 1><|end|><|assistant|><prefill><turn 2 text><|end|>…
 
@@ -26,8 +26,8 @@ import json
 import re
 
 from .base import Verdict, clean_completion, fail, register_verifier
-from .chat import ASSISTANT, END, END_THINK, TOOL, prefill, split_reasoning
-from .envs import InventoryEnv, parse_tool_calls
+from core.chat import ASSISTANT, END, END_THINK, TOOL, prefill, split_reasoning
+from .envs import InventoryEnv, ToolCall, parse_tool_calls
 
 DEFAULT_MAX_TURNS = 4
 
@@ -52,10 +52,15 @@ def _answer_text(assistant_text: str, mode: str) -> tuple[str, bool]:
     return answer, ok
 
 
+def turn_tool_calls(assistant_text: str, mode: str) -> list[ToolCall]:
+    """The tool calls that count in one assistant turn: those in its answer part, never in its reasoning (a think
+    turn that never closed its reasoning has none). The one rule the rollout loop and the verifier share."""
+    return parse_tool_calls(_answer_text(assistant_text, mode)[0])
+
+
 def step(env: InventoryEnv, assistant_text: str, mode: str = "non_think") -> tuple[str | None, bool]:
     """Run the tool calls of one assistant turn. Returns (observation, done); (None, True) for a final answer."""
-    answer, _ = _answer_text(assistant_text, mode)
-    calls = parse_tool_calls(answer)
+    calls = turn_tool_calls(assistant_text, mode)
     if not calls:
         return None, True
     return "\n".join(env.call(c) for c in calls), False

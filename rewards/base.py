@@ -16,31 +16,19 @@ from __future__ import annotations
 import importlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from .chat import BOS, END, MODES, PAD, split_reasoning
+from core.chat import BOS, END, MODES, PAD, split_reasoning
+
+from .pool import get_pool
+from .verdict import Verdict
 
 DOMAINS = ("math", "code", "agent", "instruct")
 # the module that registers each domain's verifier (imported lazily, also inside workers)
 _MODULES = {"math": "rewards.math_verifier", "code": "rewards.code", "agent": "rewards.agent",
             "instruct": "rewards.ifeval"}
 DEFAULT_LIMIT_S = {"math": 4.0, "instruct": 5.0, "agent": 5.0, "code": 10.0}
-
-
-@dataclass
-class Verdict:
-    score: float
-    details: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.score = float(min(1.0, max(0.0, self.score)))
-        for k, v in (("extracted", None), ("failed_checks", []), ("error", None), ("time_s", 0.0),
-                     ("format_ok", None)):
-            self.details.setdefault(k, v)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -139,7 +127,6 @@ def score_batch(domain: str, completions: list, samples: list, modes, workers: i
         return []
     limit = float(limit_s or DEFAULT_LIMIT_S.get(domain, 5.0))
     if entry.isolation == "worker":
-        from .pool import get_pool
         pool = get_pool(workers)
         jobs = [{"domain": domain, "completion": c, "sample": s, "mode": m}
                 for c, s, m in zip(completions, samples, modes)]

@@ -13,7 +13,7 @@ import sys
 import time
 
 from .base import DOMAINS, Verdict, score_batch
-from .chat import MODES
+from core.chat import MODES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         print("--workers must be >= 1", file=sys.stderr)
         return 2
+    if args.domain == "code":                   # never score code as all-zero because nothing could isolate it
+        from .sandbox import SandboxUnavailable, require_sandbox
+
+        try:
+            require_sandbox()
+        except SandboxUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         with open(args.input, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()

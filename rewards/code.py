@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from .base import Verdict, answer_part, clean_completion, fail, register_verifier
-from .chat import END_THINK
+from core.chat import END_THINK
 
 MAX_PROGRAM_CHARS = 200_000
 MAX_ANSWER_CHARS = 4 * MAX_PROGRAM_CHARS   # longer answers are refused before any parsing

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from .chat import END_TOOL_CALL, TOOL_CALL
+from core.chat import END_TOOL_CALL, TOOL_CALL
 
 _CALL_RE = re.compile(re.escape(TOOL_CALL) + r"(.*?)" + re.escape(END_TOOL_CALL), re.S)  # kept for callers
 MAX_CALLS_PER_TURN = 8      # more calls in one turn are answered with an error observation each

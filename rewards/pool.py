@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import Verdict
+from .verdict import Verdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_MEM_MB = int(os.environ.get("REWARDS_WORKER_MEM_MB", "4096"))
@@ -37,14 +37,14 @@ def _limit_memory():  # runs in the child before exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _pack(obj) -> bytes:
+def pack(obj) -> bytes:
     data = json.dumps(obj).encode()
     return struct.pack(">I", len(data)) + data
 
 
 class _Worker:
     def __init__(self):
-        code = f"import sys; sys.path.insert(0, {ROOT!r}); from rewards.pool import _worker_main; _worker_main()"
+        code = f"import sys; sys.path.insert(0, {ROOT!r}); from rewards.worker import main; main()"
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV")}
         env["PYTHONHASHSEED"] = "0"
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
@@ -84,7 +84,7 @@ class _Worker:
 
     def send(self, obj) -> bool:
         try:
-            self.proc.stdin.write(_pack(obj))
+            self.proc.stdin.write(pack(obj))
             self.proc.stdin.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
@@ -188,40 +188,3 @@ def get_pool(workers: int | None = None) -> WorkerPool:
 def _close():
     if _POOL is not None:
         _POOL.close()
-
-
-def _worker_main():
-    """Inside a worker: import the verifiers once, then answer jobs until stdin closes."""
-    import logging
-
-    logging.disable(logging.WARNING)  # math-verify warns on every call that its own timeouts are off
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from . import base
-    for d in ("math", "instruct", "agent"):
-        try:
-            base.get_verifier(d)
-        except Exception:  # noqa: BLE001
-            pass
-    out = sys.stdout.buffer
-    inp = sys.stdin.buffer
-    sys.stdout = sys.stderr  # nothing a verifier prints can corrupt the protocol
-
-    def send(obj):
-        out.write(_pack(obj))
-        out.flush()
-
-    send({"ready": True})
-    while True:
-        head = inp.read(4)
-        if len(head) < 4:
-            return
-        body = inp.read(struct.unpack(">I", head)[0])
-        try:
-            job = json.loads(body)
-            v = base.score_local(job["domain"], job["completion"], job["sample"], job["mode"])
-            res = {"score": v.score, "details": v.details}
-            data = _pack(res)
-        except Exception as e:  # noqa: BLE001
-            data = _pack({"score": 0.0, "details": {"error": f"worker error: {type(e).__name__}"}})
-        out.write(data)
-        out.flush()

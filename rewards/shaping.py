@@ -3,7 +3,7 @@
 * ``overlong_penalty`` — DAPO's soft overlong punishment: 0 up to ``L_max - L_buffer`` tokens, then linear down to
   -1 at ``L_max`` (and -1 beyond).
 * ``length_cost`` — a per-token cost ``-cost_per_token * n_tokens``.
-* ``format_reward`` — 1 when the completion follows its mode's think-tag format (``rewards.chat.split_reasoning``),
+* ``format_reward`` — 1 when the completion follows its mode's think-tag format (``core.chat.split_reasoning``),
   else 0.
 * ``combine`` — the weighted sum of named components; an unknown or missing name is an error, not a silent 0.
 
@@ -17,7 +17,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .base import clean_completion
-from .chat import MODES, check_mode, split_reasoning
+from core.chat import MODES, check_mode, split_reasoning
 
 
 def overlong_penalty(n_tokens: int, l_max: int, l_buffer: int) -> float:
@@ -97,6 +97,11 @@ class ShapingConfig(BaseModel):
         for m in MODES:  # a recipe may override some modes only
             self.modes.setdefault(m, defaults[m])
         return self
+
+    def only(self, mode: str) -> "ShapingConfig":
+        """The shaping one mode's stage uses (its mode's budgets, the weights; the other modes at their defaults), so
+        a stage's identity does not change when another mode's shaping does."""
+        return ShapingConfig(modes={mode: self.for_mode(mode)}, weights=self.weights)
 
     def for_mode(self, mode: str) -> ModeShaping:
         return self.modes[check_mode(mode)]

@@ -1,6 +1,7 @@
 """Multi-turn tool rollouts for the agent domain, append-only at the token level.
 
-Each episode: the model writes a turn; if it holds a tool call, the environment (``rewards.envs``) answers, the
+Each episode: the model writes a turn; if its answer part holds a tool call (``rewards.agent.turn_tool_calls``, the
+rule the verifier applies too: calls inside the reasoning do not count), the environment answers, the
 observation segment and the next generation prompt are appended as token ids, and generation continues until a
 turn without a tool call (the final answer), a turn cut by the length limit, or the turn cap. Earlier turns are
 never re-tokenized; ``loss_mask`` marks the model's own tokens only, and ``logprobs`` holds the sampler's log-prob
@@ -8,10 +9,9 @@ of each of them.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from rewards.envs import InventoryEnv, parse_tool_calls
+from rewards.agent import env_for, turn_tool_calls
 
 from .encoding import encode_segment, generation_prompt
 from .engine import SamplingParams
@@ -24,6 +24,7 @@ class Episode:
     loss_mask: list[int] = field(default_factory=list)   # 1 = written by the model
     logprobs: list[float] = field(default_factory=list)  # one per model token, in order
     sampling_mask: list = field(default_factory=list)    # Keep-Sampling-Mask entries, one per model token
+    routes: object = None    # Keep Routing: the last engine call's routed experts, [len(prompt + ids) - 1, layers, k]
     turns: int = 0
     finish_reason: str = "length"
     done: bool = False
@@ -47,7 +48,7 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
     limits = list(max_tokens) if max_tokens is not None else [params.max_tokens] * len(prompts)
     if len(modes) != len(prompts) or len(limits) != len(prompts):
         raise ValueError("run_episodes: one mode and one max_tokens per prompt")
-    envs = [InventoryEnv.from_state(json.loads(s["initial_state"])) for s in samples]
+    envs = [env_for(s) for s in samples]
     eps = [Episode(prompt_ids=list(p)) for p in prompts]
     caps = [max_turns or int(s.get("max_turns", 4)) for s in samples]
     next_prompt = {m: generation_prompt(tok, m) for m in set(modes)}
@@ -62,12 +63,14 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
             if len(ids) > limits[i]:
                 ids, finish = ids[:limits[i]], "length"
                 text = tok.decode(ids, skip_special_tokens=False)
+            if c.routed_experts is not None:          # this call ran the whole episode so far: its routes cover it
+                e.routes = c.routed_experts[:len(e.prompt_ids) + len(e.ids) + len(ids) - 1]
             e.ids += ids
             e.loss_mask += [1] * len(ids)
             e.logprobs += c.logprobs[:len(ids)]
             e.sampling_mask += (c.sampling_mask or [None] * len(c.token_ids))[:len(ids)]
             e.turns += 1
-            calls = parse_tool_calls(text)
+            calls = turn_tool_calls(text, modes[i])    # the verifier's rule: calls in the answer part only
             if finish != "stop" or not calls or e.turns >= caps[i]:
                 e.done = True
                 e.finish_reason = ("length" if finish != "stop" else "stop" if not calls else "turn_cap")

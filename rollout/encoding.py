@@ -3,11 +3,11 @@
 Each message becomes one segment of token ids (its role marker, the mode's prefill for assistant turns, the
 content, ``<|end|>``); a conversation is the concatenation. Earlier turns are never re-tokenized, and the loss mask
 marks exactly the tokens the model wrote (assistant content and its ``<|end|>``), never prompts, prefills or tool
-observations. The strings come from ``rewards.chat`` and match the tokenizer's chat template.
+observations. The strings come from ``core.chat`` and match the tokenizer's chat template.
 """
 from __future__ import annotations
 
-from rewards.chat import ASSISTANT, BOS, END, SYSTEM, TOOL, USER, prefill, system_prompt
+from core.chat import ASSISTANT, BOS, END, SYSTEM, TOOL, USER, prefill, system_prompt
 
 
 def _ids(tok, text: str) -> list[int]:

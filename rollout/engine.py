@@ -2,15 +2,19 @@
 
 An engine turns prompts (chat messages or token ids) into completions and reports, per sampled token, the log-prob
 under the sampling distribution and, when asked, the Keep-Sampling-Mask information (which tokens top-k/top-p left
-allowed at each step). Engines live in a registry (``ENGINES``): ``hf`` (transformers, our own batched sampler) and
-``vllm`` (vLLM's offline engine inside a Ray actor).
+allowed at each step) and the experts every MoE router chose for every token the engine ran through the model
+(Keep Routing; layout in ``rollout.routes``). The engines (``hf``: transformers with our own batched sampler;
+``vllm``: vLLM's offline engine inside a Ray actor) are made by name through ``rollout.engines.make_engine``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()   # stop strings (the tokenizer's eos always stops)
     seed: int | None = None
     return_sampling_mask: bool = False
+    # Keep Routing: fill Completion.routed_experts (the vllm engine must have been started with
+    # return_routed_experts=True; the hf engine always can)
+    return_routed_experts: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -39,6 +46,10 @@ class Completion:
     # Keep Sampling Mask: for each step, the ids the top-k/top-p truncation kept (None when not asked or no truncation)
     sampling_mask: list[list[int]] | None = None
     prompt_index: int = 0          # which prompt of the batch this completion belongs to
+    # Keep Routing (when asked): np.int16 [len(prompt_ids) + len(token_ids) - 1, n_moe_layers, k], row p = the experts
+    # the token at position p of prompt_ids + token_ids was routed to (the last sampled token never runs: no row),
+    # layer axis = MoE routers in model order, -1 = no route; see rollout.routes
+    routed_experts: np.ndarray | None = None
 
 
 class Engine(Protocol):
@@ -51,25 +62,3 @@ class Engine(Protocol):
         """Replace the engine's weights with the learner's (no disk round trip); returns seconds taken."""
 
     def close(self) -> None: ...
-
-
-ENGINES: dict[str, Callable[..., Engine]] = {}
-
-
-def register_engine(name: str):
-    def deco(factory):
-        ENGINES[name] = factory
-        return factory
-    return deco
-
-
-def make_engine(name: str, **kwargs) -> Engine:
-    if name not in ENGINES:
-        # engines register on import; import the built-in ones lazily so vLLM is only imported when asked for
-        if name == "hf":
-            from . import hf_engine  # noqa: F401
-        elif name == "vllm":
-            from . import vllm_engine  # noqa: F401
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; expected one of hf, vllm")
-    return ENGINES[name](**kwargs)

@@ -4,14 +4,22 @@ Fastest for tiny models on CPU. Prompts of one group share their prefix work: ea
 once and its KV cache repeated ``n`` times. Sampling applies temperature, then top-k, then top-p; the log-prob
 returned for each token is under that processed distribution (what the learner compares against), and
 ``return_sampling_mask`` gives the ids the truncation kept at each step (Keep Sampling Mask).
+
+Keep Routing: ``return_routed_experts`` records, with forward hooks on the MoE router modules
+(``rollout.routes.capture``), the experts chosen for every prompt position in the shared prefill and for every token
+fed in a decode step; ``Completion.routed_experts`` holds them in the layout of ``rollout.routes`` (left padding
+dropped, the prefill rows repeated for each sample of a group, rows of a sequence end at its last fed token). The
+hooks exist only during a generation that asks for routes.
 """
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
-from .engine import Completion, SamplingParams, register_engine
+from . import routes as routes_mod
+from .engine import Completion, SamplingParams
 
 
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -34,7 +42,9 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model=None, tokenizer=None, model_path: str | None = None, dtype=torch.float32,
-                 max_batch: int = 256):
+                 max_batch: int = 256, return_routed_experts: bool = True):
+        """``return_routed_experts``: accepted for symmetry with the ``vllm`` engine; routes cost nothing here unless
+        a request asks for them (``SamplingParams.return_routed_experts``), so they are always available."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
@@ -43,6 +53,18 @@ class HFEngine:
         self.max_batch = max_batch
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self._routers: list | None = None
+
+    def routers(self) -> list[tuple[str, torch.nn.Module]]:
+        """(name, module) of the model's MoE routers, model order (``rollout.routes.find_router_modules``)."""
+        if self._routers is None:
+            self._routers = routes_mod.find_router_modules(self.model)
+        return self._routers
+
+    @property
+    def moe_layer_ids(self) -> list[int]:
+        """The decoder layer of each entry of the routes' layer axis."""
+        return routes_mod.moe_layer_ids([n for n, _ in self.routers()])
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
         t = time.perf_counter()
@@ -68,7 +90,7 @@ class HFEngine:
 
     @torch.no_grad()
     def _generate_chunk(self, prompts, params: SamplingParams, gen) -> list[list[Completion]]:
-        n, dev = params.n, next(self.model.parameters()).device
+        dev = next(self.model.parameters()).device
         lens = [len(p) for p in prompts]
         T = max(lens)
         ids = torch.full((len(prompts), T), self.pad_id, dtype=torch.long)
@@ -78,6 +100,21 @@ class HFEngine:
             attn[i, T - len(p):] = 1
         ids, attn = ids.to(dev), attn.to(dev)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        routers = self.routers() if params.return_routed_experts else []
+        if params.return_routed_experts and not routers:
+            raise ValueError(f"return_routed_experts: {type(self.model).__name__} has no MoE router modules")
+        with (routes_mod.capture([m for _, m in routers], [nm for nm, _ in routers], dtype=torch.int16) if routers
+              else nullcontext()) as steps:
+            result = self._decode(prompts, params, gen, ids, attn, pos)
+        if routers:
+            per_seq = routes_mod.sequence_routes(steps, [len(p) for p in prompts], params.n,
+                                                 [len(c.token_ids) for comps in result for c in comps])
+            for i, c in enumerate(c for comps in result for c in comps):
+                c.routed_experts = per_seq[i]
+        return result
+
+    def _decode(self, prompts, params: SamplingParams, gen, ids, attn, pos) -> list[list[Completion]]:
+        n, dev = params.n, ids.device
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1]
@@ -94,7 +131,7 @@ class HFEngine:
         finish = [None] * B
         alive = torch.ones(B, dtype=torch.bool, device=dev)
         stop_strs = [s for s in params.stop if s]
-        for _ in range(params.max_tokens):
+        for step in range(params.max_tokens):
             if params.greedy:
                 x = logits.float()
                 nxt = x.argmax(-1)
@@ -118,7 +155,7 @@ class HFEngine:
                         finish[b] = "stop"
                 if finish[b]:
                     alive[b] = False
-            if not alive.any():
+            if not alive.any() or step == params.max_tokens - 1:   # the last sampled tokens are never fed
                 break
             feed = torch.where(alive, nxt, torch.full_like(nxt, self.pad_id))
             attn = torch.cat([attn, alive.long()[:, None]], dim=1)
@@ -135,8 +172,3 @@ class HFEngine:
                 text=self.tokenizer.decode(tokens[b], skip_special_tokens=False), logprobs=logps[b],
                 finish_reason=finish[b] or "length", sampling_mask=m, prompt_index=pi))
         return result
-
-
-@register_engine("hf")
-def make_hf_engine(**kwargs) -> HFEngine:
-    return HFEngine(**kwargs)

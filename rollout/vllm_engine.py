@@ -8,6 +8,19 @@ actor process: no ``spawn`` of engine processes (the caller needs no ``if __name
 actor's private engine sees it). Tensor parallelism > 1 would need vLLM's multiprocess executor and the NCCL
 weight-transfer engine instead; not done here.
 
+Memory (absolute, never a fraction of what a machine reports): the KV cache is ``kv_cache_bytes``, handed to vLLM as
+its ``kv_cache_memory_bytes`` engine argument (``CacheConfig.kv_cache_memory_bytes``; vLLM's CPU KV-cache-space
+setting). On CPU it defaults to ``DEFAULT_KV_CACHE_BYTES`` (256 MiB, see there) and ``gpu_memory_utilization`` is
+not used: vLLM's CPU backend would otherwise read it as a fraction of the NUMA node's memory (``CPUWorker.__init__``
+and ``determine_available_memory`` in ``vllm/v1/worker/cpu_worker.py``), and nodes differ between machines of one
+size. With an explicit size, ``CPUWorker`` skips the fraction check, compares only the KV bytes with the node's
+available memory (weights already loaded) and also skips its warm-up pass (eager mode). On GPU, ``kv_cache_bytes``
+is used when given (vLLM skips its memory profiling, ``Worker.determine_available_memory`` in ``gpu_worker.py``);
+``gpu_memory_utilization`` stays for GPUs only (profiling when ``kv_cache_bytes`` is None, and vLLM's start-up check
+that the GPU has that fraction free). The actor removes ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB; it would override the
+engine argument in ``CpuPlatform.check_and_update_config``) from its environment. An engine that cannot start raises
+``EngineStartError``: one line naming the engine, the model, the KV memory asked for and the memory found.
+
 Sampling: ``SamplingParams`` maps one-to-one (``top_k=0`` means "off" in vLLM 0.32 as here). The engine runs with
 ``logprobs_mode="processed_logprobs"``, so the log-prob of each sampled token is taken from the distribution the
 sampler actually drew from (after temperature, top-k, top-p), which is what the learner compares against; for
@@ -19,6 +32,30 @@ greedy or ``top_k=0`` requests engine-wide, so it is not used. Instead, when ``r
 are finite are exactly the tokens top-k/top-p kept (the mask is exact, ascending ids). With ``top_k=0`` and
 ``top_p < 1`` (unbounded support), ``sampling_mask`` is ``None`` and the learner rebuilds the mask from its own
 logits with ``rollout.hf_engine.process_logits(logits, temperature, top_k, top_p)``.
+
+Keep Routing (``return_routed_experts=True`` at start, then ``SamplingParams.return_routed_experts`` per request):
+``Completion.routed_experts`` in the layout of ``rollout.routes`` (int16 ``[prompt + completion - 1, MoE layers,
+k]``, prompt positions included; the MoE layers only, in model order). A request that asks for routes from an
+engine started without the option is a one-line ``ValueError``: the option changes how the engine runs.
+
+* GPU: vLLM's own routed-experts output (``enable_return_routed_experts``; ``CompletionOutput.routed_experts``
+  ``[seq_len - 1, every decoder layer, k]``, captured at ``BaseRouter._select_experts``). Its layer axis is every
+  decoder layer (``RoutedExpertsCapturer`` sizes it with ``get_total_num_hidden_layers()`` and indexes it with
+  ``MoERunner.layer_id``); the engine keeps the rows of the MoE layers (``_worker_moe_layers``).
+* CPU: vLLM 0.32's own output does not work there. ``VllmConfig._verify_aux_output_compatibility``
+  (``vllm/config/vllm.py:1144-1150``) rejects the option without Model Runner V2 ("AuxOutput Connector requires
+  Model Runner V2; set VLLM_USE_V2_MODEL_RUNNER=1"), and forcing V2 fails in ``_validate_v2_model_runner``
+  (``vllm/config/vllm.py:3189-3190``, "Model Runner V2 requires Triton.") because the installed Triton has no CPU
+  backend (``vllm/triton_utils/importing.py:37-48`` sets ``HAS_TRITON = False``); the aux-output path is only wired
+  into V2 (``vllm/v1/worker/gpu/model_runner.py:801-804``). Both fail at ``LLM()`` construction, in < 1 s.
+  Instead the engine installs its own capture in the worker (``_WorkerRoutes``), on the hook vLLM's capture uses:
+  ``BaseRouter.set_capture_fn`` (called with the logical expert ids of every routed token,
+  ``fused_moe/router/base_router.py:296``; the CPU backend's ``CPURouter`` is one) on every MoE layer, plus a
+  wrapper of the V1 runner's ``_model_forward`` that reads which request and position each token row belongs to
+  (``input_batch.req_ids``, ``query_start_loc``, the ``positions`` it is called with). Rows are keyed by position,
+  so chunked prefill and a recompute after preemption land where they belong. Prefix caching is turned off in such
+  an engine (a cached prefix is never run, so it would have no routes), which also means the ``n`` samples of a
+  group each run their own prefill. Tested in eager mode (the engine's default ``enforce_eager=True``).
 
 Weight sync (``load_weights``; no disk round trip) — see docs/rollout.md, "The vLLM engine and weight sync":
 
@@ -43,13 +80,16 @@ The learner's transformers-5 state dict (fused 3-D experts ``mlp.experts.gate_up
 from __future__ import annotations
 
 import os
-import re
 import time
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
-from .engine import Completion, SamplingParams, register_engine
+from .engine import Completion, SamplingParams
+from .vllm_memory import DEFAULT_KV_CACHE_BYTES, EngineStartError, _kv_asked, memory_found, node_memory, start_error_message
+from .vllm_worker import (_CHILD_ID, _worker_install_routes, _worker_kv_cache, _worker_moe_layers, _worker_reload,
+                          _worker_routes_enable, _worker_routes_take, assemble_routes, native_routes,
+                          pack_mxfp4_targets, to_checkpoint_format)
 
 _ACTOR_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",      # engine core + worker in the actor process (no spawn)
@@ -57,80 +97,88 @@ _ACTOR_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
-_FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<proj>gate_up_proj|down_proj)$")
-
-
-def to_checkpoint_format(items: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """transformers-5 names -> checkpoint names vLLM's loaders expect (fused 3-D experts split per expert)."""
-    for name, t in items:
-        m = _FUSED_EXPERTS.match(name)
-        if m is None or t.ndim != 3:
-            yield name, t
-            continue
-        prefix = m.group("prefix")
-        if m.group("proj") == "gate_up_proj":          # [E, 2I, H]: gate rows first, then up
-            inter = t.shape[1] // 2
-            for e in range(t.shape[0]):
-                yield f"{prefix}.{e}.gate_proj.weight", t[e, :inter]
-                yield f"{prefix}.{e}.up_proj.weight", t[e, inter:]
-        else:                                           # [E, H, I]
-            for e in range(t.shape[0]):
-                yield f"{prefix}.{e}.down_proj.weight", t[e]
-
-
-def pack_mxfp4_targets(items: Iterable[tuple[str, torch.Tensor]],
-                       patterns: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """GPU FP4 path: checkpoint-format tensors -> compressed-tensors ``mxfp4-pack-quantized`` names for targets."""
-    from .fp4 import quantize_mxfp4
-
-    pats = [re.compile(p) for p in patterns]
-    for name, t in items:
-        if name.endswith(".weight") and any(p.search(name) for p in pats):
-            packed, scales = quantize_mxfp4(t)
-            base = name[: -len(".weight")]
-            yield f"{base}.weight_packed", packed
-            yield f"{base}.weight_scale", scales
-        else:
-            yield name, t
-
-
-def _worker_reload(worker, weights: list[tuple[str, torch.Tensor]], reset_moe_kernels: bool) -> int:
-    """Runs inside the vLLM worker (via ``collective_rpc``): in-place reload of checkpoint-format weights."""
-    if reset_moe_kernels:
-        # vLLM 0.32 CPU: make the reload re-run the MoE prepack (see module docstring).
-        for module in worker.get_model().modules():
-            qm = getattr(module, "quant_method", None)
-            if qm is not None and hasattr(qm, "moe_kernel"):
-                qm.moe_kernel = None
-    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-    return len(weights)
+ROUTES_NOT_STARTED = ("vllm engine: SamplingParams.return_routed_experts needs an engine started with "
+                      "return_routed_experts=True")
 
 
 class _VLLMActor:
-    """Owns the ``vllm.LLM``; wrapped with ``ray.remote`` by ``VLLMEngine``."""
+    """Owns the ``vllm.LLM``; wrapped with ``ray.remote`` by ``VLLMEngine``.
 
-    def __init__(self, model_path: str, dtype: str, gpu_memory_utilization: float, max_model_len: int,
-                 seed: int, max_logprobs: int, enforce_eager: bool, extra: dict):
+    A start-up failure does not kill the actor: ``info()`` returns it as ``error`` (one line) and the client raises
+    ``EngineStartError`` and kills the actor."""
+
+    def __init__(self, model_path: str, dtype: str, kv_cache_bytes: int | None, gpu_memory_utilization: float,
+                 max_model_len: int, seed: int, max_logprobs: int, enforce_eager: bool, extra: dict,
+                 return_routed_experts: bool = False, fp4: bool = False, fp4_patterns: Iterable[str] | None = None):
         os.environ.update(_ACTOR_ENV)
-        from vllm import LLM
-
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)   # would override kv_cache_memory_bytes on CPU
         t = time.perf_counter()
-        self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
-                       logprobs_mode="processed_logprobs", max_logprobs=max_logprobs, **extra)
-        self.tokenizer = self.llm.get_tokenizer()
         self.on_cpu = not torch.cuda.is_available()
+        if self.on_cpu and kv_cache_bytes is None:
+            kv_cache_bytes = DEFAULT_KV_CACHE_BYTES
+        self.kv_cache_bytes = kv_cache_bytes
         self.max_logprobs = max_logprobs
-        # First logprobs request torch.compiles vLLM's rank kernel (~25 s on CPU): pay it at start-up.
-        self._generate([[self.tokenizer.eos_token_id or 0]], SamplingParams(max_tokens=2, temperature=0.0))
+        self.error = None
+        self.kv_cache = None
+        self.return_routed_experts = return_routed_experts
+        self.fp4 = fp4
+        if fp4_patterns is None:
+            from .fp4 import MOE_EXPERT_PATTERNS
+            fp4_patterns = MOE_EXPERT_PATTERNS
+        self.fp4_patterns = tuple(fp4_patterns)
+        self.moe_layers: list[int] = []
+        self.routes_native = not self.on_cpu          # vLLM's own output on GPU, our worker capture on CPU
+        try:
+            if self.on_cpu:
+                node, avail, total = node_memory()
+                if kv_cache_bytes > avail:       # vLLM checks the same after loading the model; fail before it
+                    raise MemoryError("the KV cache does not fit in the node's available memory")
+            self._start(model_path, dtype, kv_cache_bytes, gpu_memory_utilization, max_model_len, seed,
+                        max_logprobs, enforce_eager, extra)
+        except Exception as e:  # noqa: BLE001 -- any start-up failure becomes one line for the client
+            self.error = start_error_message(model_path, _kv_asked(kv_cache_bytes, gpu_memory_utilization),
+                                             memory_found(self.on_cpu), f"{type(e).__name__}: {e}")
         self.startup_s = time.perf_counter() - t
 
+    def _start(self, model_path, dtype, kv_cache_bytes, gpu_memory_utilization, max_model_len, seed, max_logprobs,
+               enforce_eager, extra) -> None:
+        from vllm import LLM
+
+        memory = {} if kv_cache_bytes is None else {"kv_cache_memory_bytes": int(kv_cache_bytes)}
+        if not self.on_cpu:
+            memory["gpu_memory_utilization"] = gpu_memory_utilization
+        routes = {}
+        if self.return_routed_experts:
+            # GPU: vLLM's own capture (Model Runner V2, prefix caching on); CPU: ours, no prefix caching (docstring)
+            routes = {"enable_return_routed_experts": True} if self.routes_native else {"enable_prefix_caching": False}
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                       enforce_eager=enforce_eager, logprobs_mode="processed_logprobs", max_logprobs=max_logprobs,
+                       **memory, **routes, **extra)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.kv_cache = self.llm.collective_rpc(_worker_kv_cache)[0]
+        if self.return_routed_experts:
+            self.moe_layers = self.llm.collective_rpc(
+                _worker_moe_layers if self.routes_native else _worker_install_routes)[0]
+        # First logprobs request torch.compiles vLLM's rank kernel (~25 s on CPU): pay it at start-up.
+        self._generate([[self.tokenizer.eos_token_id or 0]], SamplingParams(max_tokens=2, temperature=0.0))
+
     def info(self) -> dict:
-        return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id}
+        if self.error is not None:
+            return {"error": self.error, "startup_s": self.startup_s, "on_cpu": self.on_cpu}
+        served = ("full precision" if not self.fp4 else "mxfp4-dequantized (cpu: no FP4 kernels)" if self.on_cpu
+                  else "mxfp4a16-packed (compressed-tensors)")
+        return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id,
+                "kv_cache": {"asked_bytes": self.kv_cache_bytes, **self.kv_cache}, "moe_layers": self.moe_layers,
+                "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts}
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSP
         from vllm.inputs import TokensPrompt
+
+        want_routes = params.return_routed_experts
+        if want_routes and not self.return_routed_experts:
+            raise ValueError(ROUTES_NOT_STARTED)
+        capture = want_routes and not self.routes_native
 
         truncated = not params.greedy and (params.top_k > 0 or params.top_p < 1.0)
         mask_k = params.top_k if (params.return_sampling_mask and truncated
@@ -142,7 +190,21 @@ class _VLLMActor:
                            max_tokens=params.max_tokens, stop=list(params.stop) or None, seed=seed,
                            logprobs=mask_k, include_stop_str_in_output=True, skip_special_tokens=False,
                            spaces_between_special_tokens=False))
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sps, use_tqdm=False)
+        if capture:
+            self.llm.collective_rpc(_worker_routes_enable, args=(True,))
+        try:
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sps, use_tqdm=False)
+        finally:
+            taken = self.llm.collective_rpc(_worker_routes_take)[0] if capture else {}
+            if capture:
+                self.llm.collective_rpc(_worker_routes_enable, args=(False,))
+        chunks: dict[tuple[str, int], list] = {}
+        for rid, cs in taken.items():
+            m = _CHILD_ID.fullmatch(rid)
+            if m is None:
+                raise RuntimeError(f"return_routed_experts: unexpected vLLM request id {rid!r}")
+            chunks[(m.group(2), int(m.group(1) or 0))] = cs
+        k = self.llm.model_config.get_num_experts_per_tok() if want_routes else 0
         result = []
         for pi, (p, out) in enumerate(zip(prompts, outs)):
             comps = []
@@ -152,25 +214,39 @@ class _VLLMActor:
                 mask = None
                 if mask_k:
                     mask = [sorted(tok for tok, lp in step.items() if lp.logprob != float("-inf")) for step in o.logprobs]
+                routes = None
+                if want_routes:
+                    n_rows = len(p) + len(ids) - 1
+                    if self.routes_native:
+                        routes = native_routes(o.routed_experts, self.moe_layers, n_rows, k)
+                    else:
+                        key = (out.request_id, o.index)
+                        routes = assemble_routes(chunks.get(key, []), n_rows, len(self.moe_layers), k)
                 comps.append(Completion(
                     prompt_ids=list(p), token_ids=ids,
                     text=self.tokenizer.decode(ids, skip_special_tokens=False), logprobs=lps,
                     finish_reason="length" if o.finish_reason == "length" else "stop",
-                    sampling_mask=mask, prompt_index=pi))
+                    sampling_mask=mask, prompt_index=pi, routed_experts=routes))
             result.append(comps)
         return result
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return self._generate(prompts, params)
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], quantized: bool, fp4_patterns) -> float:
+    def load_weights(self, state_dict: dict[str, torch.Tensor], quantized: bool | None = None,
+                     fp4_patterns: Iterable[str] | None = None) -> float:
+        """``quantized`` (default: the engine's ``fp4``): on GPU pack the FP4 targets before the reload; on CPU the
+        tensors are expected MXFP4-dequantized already and load as they are."""
         t = time.perf_counter()
+        quantized = self.fp4 if quantized is None else quantized
         items = to_checkpoint_format(state_dict.items())
         if quantized and not self.on_cpu:
-            items = pack_mxfp4_targets(items, fp4_patterns)
+            items = pack_mxfp4_targets(items, fp4_patterns or self.fp4_patterns)
         # CPU (and FP4-on-CPU: dequantized tensors, loaded as they are) and GPU share vLLM's in-place reload;
         # only the CPU backend needs the MoE-prepack workaround.
         self.llm.collective_rpc(_worker_reload, args=(list(items), self.on_cpu))
+        if self.return_routed_experts and not self.routes_native:
+            self.llm.collective_rpc(_worker_install_routes)      # the reload may rebuild the routers
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t
 
@@ -180,10 +256,17 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str | torch.dtype | None = None,
+    def __init__(self, model_path: str, dtype: str | torch.dtype | None = None, kv_cache_bytes: int | None = None,
                  gpu_memory_utilization: float = 0.05, max_model_len: int = 2048, seed: int = 0,
                  max_logprobs: int = 64, quantized: bool = False, fp4_patterns: Iterable[str] | None = None,
-                 enforce_eager: bool = True, num_cpus: float = 1, num_gpus: float | None = None, **vllm_kwargs):
+                 enforce_eager: bool = True, num_cpus: float = 1, num_gpus: float | None = None,
+                 return_routed_experts: bool = False, **vllm_kwargs):
+        """``kv_cache_bytes``: the KV cache, absolute. On CPU None means ``DEFAULT_KV_CACHE_BYTES``; on GPU None
+        means vLLM's profiling within ``gpu_memory_utilization`` (which is used on GPUs only).
+        ``return_routed_experts``: run the engine so that requests can ask for routes (Keep Routing; module
+        docstring); off by default, it costs memory (GPU) or the prefix cache (CPU).
+
+        Raises ``EngineStartError`` (one line) when the engine cannot start."""
         import ray
 
         if not ray.is_initialized():
@@ -193,21 +276,48 @@ class VLLMEngine:
             dtype = "bfloat16" if on_gpu else "float32"
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
+        if kv_cache_bytes is not None:
+            kv_cache_bytes = int(kv_cache_bytes)
+            if kv_cache_bytes <= 0:
+                raise ValueError(f"kv_cache_bytes must be > 0, got {kv_cache_bytes}")
         if fp4_patterns is None:
             from .fp4 import MOE_EXPERT_PATTERNS
             fp4_patterns = MOE_EXPERT_PATTERNS
         self.quantized = quantized
         self.fp4_patterns = tuple(fp4_patterns)
+        self.model_path = str(model_path)
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if on_gpu else 0)(_VLLMActor)
-        self._actor = actor_cls.remote(str(model_path), dtype, gpu_memory_utilization, max_model_len, seed,
-                                       max_logprobs, enforce_eager, vllm_kwargs)
-        self.info = ray.get(self._actor.info.remote())
+        self._actor = actor_cls.remote(self.model_path, dtype, kv_cache_bytes, gpu_memory_utilization,
+                                       max_model_len, seed, max_logprobs, enforce_eager, vllm_kwargs,
+                                       return_routed_experts)
+        self.return_routed_experts = return_routed_experts
+        try:
+            self.info = ray.get(self._actor.info.remote())
+            error = self.info.get("error")
+        except ray.exceptions.RayActorError as e:     # the actor process died (killed, out of memory, crash)
+            asked = kv_cache_bytes if kv_cache_bytes is not None or on_gpu else DEFAULT_KV_CACHE_BYTES
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            error = start_error_message(self.model_path, _kv_asked(asked, gpu_memory_utilization),
+                                        memory_found(not on_gpu), f"engine actor died: {first}")
+        if error is not None:
+            self.close()
+            raise EngineStartError(error)
         self.startup_s = self.info["startup_s"]
+        self.kv_cache = self.info["kv_cache"]
+        self.moe_layer_ids = self.info.get("moe_layers", [])
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         import ray
 
-        return ray.get(self._actor.generate.remote([list(p) for p in prompts], params))
+        if params.return_routed_experts and not self.return_routed_experts:
+            raise ValueError(ROUTES_NOT_STARTED)
+        outs = ray.get(self._actor.generate.remote([list(p) for p in prompts], params))
+        if params.return_routed_experts:         # Ray hands numpy arrays back read-only (zero-copy): own them
+            for comps in outs:
+                for c in comps:
+                    if c.routed_experts is not None and not c.routed_experts.flags.writeable:
+                        c.routed_experts = c.routed_experts.copy()
+        return outs
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
         """Push the learner's weights into the running engine; returns seconds (transfer + in-place reload)."""
@@ -224,8 +334,3 @@ class VLLMEngine:
         if self._actor is not None:
             ray.kill(self._actor)
             self._actor = None
-
-
-@register_engine("vllm")
-def make_vllm_engine(**kwargs) -> VLLMEngine:
-    return VLLMEngine(**kwargs)

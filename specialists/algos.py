@@ -12,22 +12,12 @@ from typing import Callable
 
 import torch
 
-ADVANTAGES: dict[str, Callable] = {}
-LOSS_AGGREGATIONS: dict[str, Callable] = {}
+from core.registry import Registry
 
-
-def register_advantage(name: str):
-    def deco(fn):
-        ADVANTAGES[name] = fn
-        return fn
-    return deco
-
-
-def register_aggregation(name: str):
-    def deco(fn):
-        LOSS_AGGREGATIONS[name] = fn
-        return fn
-    return deco
+ADVANTAGES: Registry[Callable] = Registry("advantage estimator")
+LOSS_AGGREGATIONS: Registry[Callable] = Registry("loss aggregation")
+register_advantage = ADVANTAGES.register
+register_aggregation = LOSS_AGGREGATIONS.register
 
 
 @register_advantage("grpo")
@@ -126,30 +116,56 @@ def policy_loss(logp_B_T: torch.Tensor, old_logp_B_T: torch.Tensor, adv_B: torch
         metrics = {"clip_frac": float((clipped.float() * mask_B_T).sum() / n),
                    "kl": float((kl * mask_B_T).sum() / n),
                    "masked_frac": float(1 - seq_keep.mean()),
+                   "masked_seqs": float((1 - seq_keep).sum()),
                    "ratio_mean": float((ratio * mask_B_T).sum() / n)}
     return PolicyLossOut(loss_sum, denom, metrics)
 
 
-def sampler_logits(logits_B_T_V: torch.Tensor, temperature: float = 1.0,
-                   keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
-    """The logits the sampler drew from: temperature-scaled, and -inf outside the kept set when given."""
-    x = logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
-    return x if keep_B_T_V is None else x.masked_fill(~keep_B_T_V, float("-inf"))
+def kept_ids(allowed: list, k: int | None = None) -> list[int]:
+    """One token's Keep-Sampling-Mask row, padded to ``k`` with -1 (``allowed`` None: no truncation, all -1)."""
+    row = list(allowed) if allowed is not None else []
+    return row + [-1] * ((k if k is not None else len(row)) - len(row))
+
+
+def _scaled(logits_B_T_V: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits_B_T_V.float() / (temperature if temperature > 0 else 1.0)
+
+
+def _kept(x_B_T_V: torch.Tensor, keep_ids_B_T_K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled logits of the kept ids ``[B, T, K]`` with -inf at padding, which positions have a kept set ``[B, T]``)."""
+    pad = keep_ids_B_T_K < 0
+    g = x_B_T_V.gather(-1, keep_ids_B_T_K.clamp(min=0)).masked_fill(pad, float("-inf"))
+    return g, ~pad[..., 0]
 
 
 def masked_logprobs(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor, temperature: float = 1.0,
-                    keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
-    """log π(token) under temperature-scaled logits, renormalised over the sampler's kept set when given
-    (Keep Sampling Mask: π_θ and π_old see the same truncated support the sampler drew from)."""
-    lp = torch.log_softmax(sampler_logits(logits_B_T_V, temperature, keep_B_T_V), -1)
-    return lp.gather(-1, tokens_B_T[..., None]).squeeze(-1)
+                    keep_ids_B_T_K: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(token) under temperature-scaled logits, renormalised over the sampler's kept set where one is given
+    (Keep Sampling Mask: π_θ sees the same truncated support the sampler drew from).
+
+    ``keep_ids_B_T_K``: per position, the ids top-k/top-p kept, padded with -1 (a row of -1: no truncation); ``K``
+    is the largest kept set, so the mask costs ``B·T·K`` ids instead of a dense ``B·T·V`` boolean."""
+    x = _scaled(logits_B_T_V, temperature)
+    lse = torch.logsumexp(x, -1)
+    if keep_ids_B_T_K is not None:
+        g, has = _kept(x, keep_ids_B_T_K)
+        lse = torch.where(has, torch.logsumexp(g, -1), lse)
+    return x.gather(-1, tokens_B_T[..., None]).squeeze(-1) - lse
 
 
 def token_entropy(logits_B_T_V: torch.Tensor, temperature: float = 1.0,
-                  keep_B_T_V: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token entropy ``[B, T]`` of the distribution the sampler drew from; differentiable."""
-    lp = torch.log_softmax(sampler_logits(logits_B_T_V, temperature, keep_B_T_V), -1)
-    return -(lp.exp() * lp.masked_fill(~torch.isfinite(lp), 0.0)).sum(-1)
+                  keep_ids_B_T_K: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token entropy ``[B, T]`` of the distribution the sampler drew from (the kept set where one is given);
+    differentiable."""
+    x = _scaled(logits_B_T_V, temperature)
+    lp = torch.log_softmax(x, -1)
+    h = -(lp.exp() * lp).sum(-1)
+    if keep_ids_B_T_K is not None:
+        g, has = _kept(x, keep_ids_B_T_K)
+        lpk = torch.log_softmax(g, -1)
+        hk = -(lpk.exp() * lpk.masked_fill(~torch.isfinite(lpk), 0.0)).sum(-1)
+        h = torch.where(has, hk, h)
+    return h
 
 
 def entropy(logits_B_T_V: torch.Tensor, mask_B_T: torch.Tensor) -> float:

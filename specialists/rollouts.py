@@ -1,12 +1,13 @@
-"""Turn a GRPO step's prompts into scored groups and padded training micro-batches.
+"""Turn a GRPO step's prompts into scored groups and typed training micro-batches.
 
 ``collect`` samples G completions per prompt through the engine (full tool episodes for the agent domain), scores
-them with the domain's verifier plus the mode's shaping, and returns a ``Rollouts`` record. ``to_minibatches``
-pads them into tensors aligned so that position t of every ``*_B_T`` tensor describes token t+1 of the sequence.
+them with the domain's verifier plus the mode's shaping, and returns a ``Rollouts`` record. ``to_minibatches`` pads
+them into ``GRPOBatch`` records. Shapes: ``P`` prompts, ``G`` group size, ``B`` sequences of a micro-batch, ``L``
+padded sequence length, ``T = L - 1`` next-token positions (position t describes token t + 1), ``V`` vocabulary.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,8 +15,9 @@ from rewards.base import score_batch
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
+from train.evaluate import prompt_messages
 
-from .evaluate import prompt_messages
+from .routing import routes_from_sequences
 
 
 @dataclass
@@ -28,17 +30,35 @@ class Rollouts:
     keep: list[list]                  # P*G, per model token: allowed ids (Keep Sampling Mask) or None
     texts: list[str]                  # P*G completion texts (what the verifier saw)
     n_tokens: list[int]               # P*G model tokens
+    routes: list                      # P*G, the engine's routed experts per sequence ([len - 1, layers, k]) or None
     correct_P_G: torch.Tensor         # verifier scores in [0, 1]
     reward_P_G: torch.Tensor          # shaped rewards
     components: dict                  # name -> mean over the batch
     truncated: list[bool]
 
 
+@dataclass
+class GRPOBatch:
+    """One learner micro-batch of whole sequences."""
+    input_ids_B_L: torch.Tensor
+    attention_mask_B_L: torch.Tensor
+    mask_B_T: torch.Tensor            # 1 where token t + 1 was written by the model
+    engine_logp_B_T: torch.Tensor     # the sampler's log-prob of token t + 1 (0 elsewhere)
+    keep_ids_B_T_K: torch.Tensor | None  # Keep Sampling Mask: per position the kept ids, -1 padded (K = largest set)
+    adv_B: torch.Tensor               # the sequence's advantage
+    n_seqs: int
+    weight: float = 0.0               # the loss aggregation's denominator (Learner.step divides by the sum)
+    old_logp_B_T: torch.Tensor | None = None   # π_old (filled in before the optimizer steps)
+    ref_logp_B_T: torch.Tensor | None = None   # π_ref (KL term)
+    routes: list | None = None                 # Keep Routing: experts per router call, recorded under π_old
+    extra: dict = field(default_factory=dict)
+
+
 def collect(engine, tok, samples: list[dict], mode: str, G: int, params: SamplingParams, shaping,
             workers: int) -> Rollouts:
     domain = samples[0]["domain"]
     prompts = [encode_prompt(tok, prompt_messages(s), mode) for s in samples]
-    seqs, plens, masks, logps, keeps, texts, ntoks, trunc = [], [], [], [], [], [], [], []
+    seqs, plens, masks, logps, keeps, texts, ntoks, trunc, routes = [], [], [], [], [], [], [], [], []
     if domain == "agent":
         rep_prompts = [p for p in prompts for _ in range(G)]
         rep_samples = [s for s in samples for _ in range(G)]
@@ -46,25 +66,27 @@ def collect(engine, tok, samples: list[dict], mode: str, G: int, params: Samplin
         for p, e in zip(rep_prompts, eps):
             seqs.append(p + e.ids), plens.append(len(p)), masks.append(e.loss_mask)
             logps.append(e.logprobs), keeps.append(e.sampling_mask), texts.append(transcript(tok, e))
-            ntoks.append(e.n_model_tokens), trunc.append(e.finish_reason == "length")
+            ntoks.append(e.n_model_tokens), trunc.append(e.finish_reason == "length"), routes.append(e.routes)
     else:
         for p, group in zip(prompts, engine.generate(prompts, params)):
             for c in group:
                 seqs.append(p + c.token_ids), plens.append(len(p)), masks.append([1] * len(c.token_ids))
                 logps.append(c.logprobs), keeps.append(c.sampling_mask or [None] * len(c.token_ids))
                 texts.append(c.text), ntoks.append(len(c.token_ids)), trunc.append(c.finish_reason == "length")
+                routes.append(c.routed_experts)
     rep_samples = [s for s in samples for _ in range(G)]
     verdicts = score_batch(domain, texts, rep_samples, mode, workers=workers)
     correct = torch.tensor([v.score for v in verdicts]).view(len(samples), G)
     comps = [shaping.components(v.score, t, n, mode) for v, t, n in zip(verdicts, texts, ntoks)]
     reward = torch.tensor([sum(shaping.weights[k] * c[k] for k in shaping.weights) for c in comps]).view(len(samples), G)
     mean_comps = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]}
-    return Rollouts(samples, seqs, plens, masks, logps, keeps, texts, ntoks, correct, reward, mean_comps, trunc)
+    return Rollouts(samples, seqs, plens, masks, logps, keeps, texts, ntoks, routes, correct, reward, mean_comps,
+                    trunc)
 
 
-def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, vocab: int,
-                   use_keep: bool) -> list[dict]:
-    """Split the P*G sequences into ``n_mb`` padded micro-batches (whole sequences, fixed order)."""
+def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, use_keep: bool,
+                   device=None) -> list[GRPOBatch]:
+    """Split the P*G sequences into ``n_mb`` padded micro-batches (whole sequences, fixed order), on ``device``."""
     adv = adv_P_G.flatten()
     order = list(range(len(r.seqs)))
     size = -(-len(order) // n_mb)
@@ -77,7 +99,8 @@ def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, v
         attn = torch.zeros((B, L), dtype=torch.long)
         mask = torch.zeros((B, L - 1))
         elogp = torch.zeros((B, L - 1))
-        keep = torch.ones((B, L - 1, vocab), dtype=torch.bool) if use_keep else None
+        K = max((len(a) for i in idx for a in r.keep[i] if a is not None), default=0) if use_keep else 0
+        keep = torch.full((B, L - 1, K), -1, dtype=torch.long) if K else None
         for b, i in enumerate(idx):
             s, pl = r.seqs[i], r.prompt_lens[i]
             ids[b, :len(s)] = torch.tensor(s)
@@ -89,8 +112,15 @@ def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, v
             if keep is not None:
                 for p, allowed in zip(pos, r.keep[i]):
                     if allowed is not None:
-                        keep[b, p] = False
-                        keep[b, p, allowed] = True
-        out.append({"input_ids": ids, "attention_mask": attn, "mask": mask, "engine_logp": elogp, "keep": keep,
-                    "adv": adv[idx], "weight": float(mask.sum()), "n_seqs": B})
+                        keep[b, p, :len(allowed)] = torch.tensor(allowed)
+        mb = GRPOBatch(ids, attn, mask, elogp, keep, adv[idx], n_seqs=B)
+        if all(r.routes[i] is not None for i in idx):       # Keep Routing: the experts the engine used
+            mb.routes = [t.to(device) if device is not None else t
+                         for t in routes_from_sequences([r.routes[i] for i in idx], L)]
+        if device is not None:
+            for name in ("input_ids_B_L", "attention_mask_B_L", "mask_B_T", "engine_logp_B_T", "keep_ids_B_T_K", "adv_B"):
+                t = getattr(mb, name)
+                if t is not None:
+                    setattr(mb, name, t.to(device))
+        out.append(mb)
     return out

@@ -29,7 +29,7 @@ def tiny_recipe(tmp_path: Path, name="tiny", **over) -> Path:
         "domains": ["math", "code"],
         "tasks": {"math": {"n_train": 40, "n_eval": 3}, "code": {"n_train": 40, "n_eval": 3}},
         "learner": {"warmup_steps": 1},
-        "sft": {"steps": 6, "batch_size": 4, "max_len": 160, "save_every": 2, "eval_max_tokens": 8},
+        "sft": {"steps": 6, "batch_size": 4, "max_len": 160, "save_every": 2},
     }
     for k, v in over.items():
         node = data
@@ -52,3 +52,18 @@ def tiny_dir(tmp_path_factory):
     from helpers_tiny import tiny_model_dir
 
     return tiny_model_dir(str(tmp_path_factory.mktemp("tiny")))
+
+
+# Time limits (pytest-timeout; `timeout`, `timeout_method` in pyproject.toml): tests marked `slow` get `slow_timeout`.
+def pytest_addoption(parser):
+    parser.addini("slow_timeout", "pytest-timeout limit (s) for tests marked slow without their own timeout marker",
+                  default="1500")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("timeout", None) is not None:   # --timeout on the command line applies to every test
+        return
+    slow = float(config.getini("slow_timeout"))
+    for item in items:
+        if item.get_closest_marker("slow") and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(slow))

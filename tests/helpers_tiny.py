@@ -6,8 +6,8 @@ from functools import lru_cache
 def tiny_model_dir(tmp_root: str, vocab: int = 400, hidden: int = 64, layers: int = 1) -> str:
     from pathlib import Path
 
-    from pipeline.bootstrap import tiny_model, train_tokenizer
-    from pipeline.recipe import TinyModel
+    from train.bootstrap import tiny_model, train_tokenizer
+    from train.config import TinyModel
     from rewards.tasks import corpus
 
     out = Path(tmp_root) / f"tiny-{vocab}-{hidden}-{layers}"

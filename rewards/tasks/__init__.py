@@ -86,7 +86,7 @@ def system_message(domain: str) -> str | None:
 
 def corpus(seed: int = 0, n_per_domain: int = 300) -> list[str]:
     """Text the embedded tokenizer is trained on: prompts and demonstrations of every domain and mode."""
-    from ..chat import MODES, render_prompt
+    from core.chat import MODES, render_prompt
 
     texts = []
     for d in DOMAINS:

@@ -57,13 +57,15 @@ def test_recipe_level_teacher_path_errors(tmp_path, tiny_dir, other_vocab):
 
 
 def test_stage_fails_before_any_work(tmp_path, tiny_dir, other_vocab):
+    from core.context import StageContext
     from distill.stage import run
-    from pipeline.core.context import StageContext
+    from pipeline.graph import build_graph
 
     recipe = load_recipe(tiny_recipe(tmp_path, domains=["math"], tasks={"math": {"n_train": 8}}, distill={}))
+    spec = next(s for s in build_graph(recipe) if s.id == "distill")
     for teacher_dir, msg in ((other_vocab, "vocabulary mismatch"), (str(tmp_path / "gone"), "no such checkpoint")):
         d = tmp_path / f"distill-{Path(teacher_dir).name}"
-        ctx = StageContext(stage_id="distill", kind="distill", dir=d, config=recipe.distill, recipe=recipe,
+        ctx = StageContext(stage_id="distill", kind="distill", dir=d, config=spec.config,
                            deps={"bootstrap": Path(tiny_dir), "sft.math": Path(teacher_dir)}, seed=recipe.seed)
         with pytest.raises(ValueError, match=rf"distill\.teachers\.math\.\w+: teacher sft\.math: {msg}"):
             run(ctx)

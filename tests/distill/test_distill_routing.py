@@ -5,7 +5,9 @@ import torch
 from distill.kl import reverse_kl_from_logits
 from distill.loss import kl_means, make_loss_fn, micro_batches
 from distill.rollouts import Trajectory, loss_positions
-from distill.routing import Draw, Teacher, draw_prompts, mixture_weights, route, route_table, teachers_of
+from distill.config import mixture_weights
+from distill.routing import Draw, Teacher, draw_prompts, route, route_table, teachers_of
+from pipeline.graph import build_graph
 from pipeline.recipe import Recipe
 
 
@@ -14,10 +16,15 @@ def _recipe(**distill):
                                   "distill": distill})
 
 
+def _resolved(recipe):
+    """The distill stage's resolved config, as the graph builds it."""
+    return next(s for s in build_graph(recipe, check=False) if s.id == "distill").config
+
+
 def test_route_table_defaults_and_weights():
     r = _recipe(teachers={"math.think_max": [{"stage": "sft.math", "weight": 0.7},
                                              {"path": "/models/big-math", "weight": 0.3}]})
-    table = route_table(r, dep=lambda s: f"/run/{s}/final")
+    table = route_table(_resolved(r).teachers, dep=lambda s: f"/run/{s}/final")
     # no grpo section: every other domain x mode falls back to its SFT specialist, weight 1
     assert [(t.name, w) for t, w in route(table, "code", "non_think")] == [("sft.code", 1.0)]
     assert [(t.name, t.folder, w) for t, w in route(table, "math", "think_max")] == [
@@ -25,13 +32,14 @@ def test_route_table_defaults_and_weights():
     assert sorted(teachers_of(table)) == ["big-math", "sft.code", "sft.math"]
     with_grpo = Recipe.model_validate({"name": "r", "domains": ["math"], "modes": ["think_max"], "grpo": {},
                                        "distill": {}})
-    assert [t.name for t, _ in route(route_table(with_grpo), "math", "think_max")] == ["grpo.math.think_max"]
+    assert [t.name for t, _ in route(route_table(_resolved(with_grpo).teachers), "math", "think_max")] == [
+        "grpo.math.think_max"]
 
 
 def test_mixture_and_draws_are_deterministic():
     r = _recipe(mixture={"math.think_max": 3.0, "code.non_think": 1.0})
-    table = route_table(r)
-    w = mixture_weights(r.distill, r.domains, r.modes, table)
+    w = mixture_weights(r.distill, r.domains, r.modes)
+    assert _resolved(r).weights == w
     assert w == {"math.non_think": 0.0, "math.think_max": 3.0, "code.non_think": 1.0, "code.think_max": 0.0}
     draws = [draw_prompts(w, {"math": 50, "code": 50}, 8, seed=1, step=s) for s in range(200)]
     assert draws[17] == draw_prompts(w, {"math": 50, "code": 50}, 8, seed=1, step=17)   # resume replays nothing
@@ -40,7 +48,7 @@ def test_mixture_and_draws_are_deterministic():
     assert set(keys) == {"math.think_max", "code.non_think"}
     assert 0.70 < keys.count("math.think_max") / len(keys) < 0.80
     with pytest.raises(ValueError, match="distill.mixture.agent.non_think"):
-        mixture_weights(_recipe(mixture={"agent.non_think": 1.0}).distill, r.domains, r.modes, table)
+        mixture_weights(_recipe(mixture={"agent.non_think": 1.0}).distill, r.domains, r.modes)
 
 
 def test_micro_batches_route_rows_to_teachers_with_weights():
@@ -51,18 +59,19 @@ def test_micro_batches_route_rows_to_teachers_with_weights():
     assert t0.positions == [1, 2, 3] and t1.positions == [0, 1]
     pay = {"A": [torch.full((3, 2), 1.0)], "B": [torch.full((3, 2), 2.0), torch.full((2, 2), 3.0)]}
     [mb] = micro_batches([t0, t1], lambda t: route(table, t.draw.domain, t.draw.mode), pay, pad_id=0)
-    assert mb["weight"] == 5 and mb["flat_positions"].tolist() == [1, 2, 3, 5, 6]
-    assert mb["teachers"]["A"]["rows"].tolist() == [0, 1, 2]
-    assert mb["teachers"]["A"]["w"].tolist() == pytest.approx([0.7] * 3)
-    assert mb["teachers"]["B"]["rows"].tolist() == [0, 1, 2, 3, 4]
-    assert mb["teachers"]["B"]["w"].tolist() == pytest.approx([0.3] * 3 + [1.0] * 2)
-    assert mb["teachers"]["B"]["payload"][:, 0].tolist() == [2, 2, 2, 3, 3]
+    assert mb.weight == 5 and mb.flat_positions_N.tolist() == [1, 2, 3, 5, 6]
+    assert mb.teachers["A"].rows_Nt.tolist() == [0, 1, 2]
+    assert mb.teachers["A"].w_Nt.tolist() == pytest.approx([0.7] * 3)
+    assert mb.teachers["B"].rows_Nt.tolist() == [0, 1, 2, 3, 4]
+    assert mb.teachers["B"].w_Nt.tolist() == pytest.approx([0.3] * 3 + [1.0] * 2)
+    assert mb.teachers["B"].payload_Nt_X[:, 0].tolist() == [2, 2, 2, 3, 3]
     # a token budget splits the batch without losing any teacher row
     mbs = micro_batches([t0, t1], lambda t: route(table, t.draw.domain, t.draw.mode), pay, pad_id=0, max_tokens=3)
-    assert [m["weight"] for m in mbs] == [3, 2] and "A" not in mbs[1]["teachers"]
+    assert [m.weight for m in mbs] == [3, 2] and "A" not in mbs[1].teachers
 
 
-def test_loss_is_weighted_full_vocab_reverse_kl(tiny_dir):
+@pytest.mark.parametrize("fused", [False, True])
+def test_loss_is_weighted_full_vocab_reverse_kl(tiny_dir, fused):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -77,7 +86,7 @@ def test_loss_is_weighted_full_vocab_reverse_kl(tiny_dir):
            "B": [torch.randn(t.n_tokens, 32).bfloat16() for t in trajs]}
     [mb] = micro_batches(trajs, lambda t: route(table, "math", "think_max"), pay, pad_id=0)
     stats = {}
-    loss, _ = make_loss_fn(heads, "hidden", 4, 1.0, stats)(model, mb)
+    loss, _ = make_loss_fn(heads, "hidden", 4, 1.0, stats, fused=fused)(model, mb)
     loss.backward()
     assert model.get_output_embeddings().weight.grad is not None          # the student's head is trained too
     with torch.no_grad():                                                  # naive: full logits, plain autograd
@@ -166,7 +175,7 @@ def test_pool_starts_the_teachers_that_fit_together():
 
 
 def test_domain_repeats_follow_the_mixture():
-    from distill.routing import domain_repeats
+    from distill.config import domain_repeats
 
     doms = ["math", "code", "agent"]
     uniform = {f"{d}.{m}": 1.0 for d in doms for m in ("non_think", "think_max")}

@@ -10,6 +10,7 @@ from conftest import run_cli, tiny_recipe
 pytestmark = pytest.mark.slow
 
 STEPS, WARMUP = 6, 2
+MODES = ("non_think", "think_high", "think_max")
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,13 @@ def test_teacher_actor_hidden_states_reproduce_logits(ray_local, tiny_dir):
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
-    """bootstrap -> sft.math (a few steps: the teacher) -> distill (2 union-SFT steps, then 6 distillation steps
-    with MXFP4 rollouts), through the CLI."""
+    """bootstrap -> sft.math (a few steps: the teacher), generalist (2 union-SFT steps: the student's start) ->
+    distill (6 distillation steps with MXFP4 rollouts), through the CLI."""
     tmp = tmp_path_factory.mktemp("distill")
     recipe = tiny_recipe(tmp, name="opd", domains=["math"], tasks={"math": {"n_train": 40, "n_eval": 2}},
-                         sft__steps=12, distill={
-                             "steps": STEPS, "warmup_sft_steps": WARMUP, "prompts_per_step": 4, "save_every": 2,
+                         sft__steps=12, generalist={"steps": WARMUP, "save_every": 1},
+                         eval={"samples": 2, "pass_k": [1], "max_tokens": {m: 8 for m in MODES}}, distill={
+                             "steps": STEPS, "prompts_per_step": 4, "save_every": 2,
                              "chunk_size": 64, "engine": {"fp4": True},   # MXFP4 rollouts
                              "max_tokens": {"non_think": 16, "think_high": 16, "think_max": 16},
                              "learner": {"optimizer": "adamw", "lr": 1e-2, "warmup_steps": 0,
@@ -75,23 +77,26 @@ def test_short_run_reduces_kl_and_trains_the_student(distilled):
 
     _, run = distilled
     rows = [json.loads(x) for x in (run / "distill" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, WARMUP + STEPS + 1))
-    assert [r["phase"] for r in rows] == ["sft"] * WARMUP + ["distill"] * STEPS     # union-SFT start, then OPD
-    rows = rows[WARMUP:]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    warm = [json.loads(x) for x in (run / "generalist" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in warm] == list(range(1, WARMUP + 1))              # the student's start: own stage
     kl = [r["kl.sft.math"] for r in rows]
     assert all(r["loss"] == pytest.approx(r["kl.sft.math"]) for r in rows)    # one teacher, weight 1
     assert sum(kl[-2:]) / 2 < 0.7 * kl[0], kl
     for key in ("payload_bytes_per_token", "tokens_per_s", "peak_rss_mb", "sync_s", "teacher_rss_gb"):
         assert rows[-1][key] > 0
     assert rows[-1]["payload_bytes_per_token"] == 2 * 64                       # bf16 hidden states, H = 64
-    start = load_file(str(run / "bootstrap" / "final" / "model.safetensors"))
+    start = load_file(str(run / "generalist" / "final" / "model.safetensors"))
     final = load_file(str(run / "distill" / "final" / "model.safetensors"))
     assert any(not torch.equal(start[k], final[k]) for k in start)
     assert not torch.equal(start["lm_head.weight"], final["lm_head.weight"])
-    summary = json.loads((run / "distill" / "manifest.json").read_text())["metrics"]
-    for mode in ("non_think", "think_high", "think_max"):
-        for k in ("reward_mean", "accuracy", "start_reward_mean", "start_accuracy", "teacher_reward_mean"):
-            assert f"{k}.math.{mode}" in summary
+    manifest = json.loads((run / "distill" / "manifest.json").read_text())
+    assert manifest["student_from"] == "generalist"
+    for mode in MODES:
+        for k in ("reward_mean", "accuracy", "teacher_reward_mean"):
+            assert f"{k}.math.{mode}" in manifest["metrics"]
+    rows = {(r["metric"], r["mode"]) for r in manifest["eval_rows"]}
+    assert {("reward_mean", m) for m in MODES} <= rows
 
 
 class _Stop(Exception):
@@ -100,19 +105,20 @@ class _Stop(Exception):
 
 def test_resume_is_exact(distilled, ray_local, monkeypatch, tmp_path):
     """Stop right after the step-4 checkpoint (mid-distillation), run again: losses equal the uninterrupted run's."""
+    from core.checkpoints import Checkpoints
+    from core.context import StageContext
     from distill.stage import run
-    from pipeline.core.checkpoints import Checkpoints
-    from pipeline.core.context import StageContext
+    from pipeline.graph import build_graph
     from pipeline.recipe import load_recipe
 
     recipe_file, run_dir = distilled
     recipe = load_recipe(recipe_file)
+    spec = next(s for s in build_graph(recipe) if s.id == "distill")
     torch.set_num_threads(1)                 # as the runner does for a 1-CPU stage
 
     def ctx():
-        return StageContext(stage_id="distill", kind="distill", dir=tmp_path / "distill", config=recipe.distill,
-                            recipe=recipe, seed=recipe.seed, num_cpus=1,
-                            deps={s: run_dir / s / "final" for s in ("bootstrap", "sft.math")})
+        return StageContext(stage_id="distill", kind="distill", dir=tmp_path / "distill", config=spec.config,
+                            seed=recipe.seed, num_cpus=1, deps={s: run_dir / s / "final" for s in spec.deps})
 
     commit = Checkpoints.commit
 
@@ -130,6 +136,6 @@ def test_resume_is_exact(distilled, ray_local, monkeypatch, tmp_path):
     run(ctx())
     want = [json.loads(x) for x in (run_dir / "distill" / "metrics.jsonl").read_text().splitlines()]
     got = [json.loads(x) for x in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in got] == list(range(1, WARMUP + STEPS + 1))
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     for k in ("loss", "kl.sft.math", "tokens", "grad_norm"):
         assert [r.get(k) for r in got] == [r.get(k) for r in want], k

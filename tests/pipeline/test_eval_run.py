@@ -22,7 +22,8 @@ def test_run_with_eval_stage_report_and_export(tmp_path):
     assert "report: " in r.stdout
 
     rows = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert rows and all(set(x) == {"model", "domain", "mode", "metric", "value", "n"} for x in rows)
+    assert rows and all({"model", "domain", "mode", "metric", "value", "n", "spec"} <= set(x) for x in rows)
+    assert all("ci_low" in x for x in rows if x["metric"] in ("reward_mean", "accuracy"))
     have = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     for dom in ("math", "code"):
         for mode in MODES:
@@ -31,17 +32,14 @@ def test_run_with_eval_stage_report_and_export(tmp_path):
                 assert ("bootstrap", dom, mode, metric) in have
             assert have[(f"sft.{dom}", dom, mode, "reward_mean_greedy")]["n"] == 3
     assert not any(x["model"] == "sft.math" and x["domain"] == "code" for x in rows)
-    # greedy SFT numbers are the SFT stage's own held-out numbers (same computation, reused)
-    sft_m = json.loads((run_dir / "sft.math" / "manifest.json").read_text())["metrics"]
-    for mode in MODES:
-        assert have[("sft.math", "math", mode, "reward_mean_greedy")]["value"] == pytest.approx(
-            sft_m[f"reward_mean.{mode}"])
-        assert have[("bootstrap", "math", mode, "accuracy_greedy")]["value"] == pytest.approx(
-            sft_m[f"start_accuracy.{mode}"])
+    # the SFT rows are the SFT stage's own held-out rows (same spec: reused, not generated again)
+    sft_rows = json.loads((run_dir / "sft.math" / "manifest.json").read_text())["eval_rows"]
+    assert [x for x in rows if x["model"] == "sft.math"] == sft_rows
+    assert "sft.math: reused its own rows for 3 cell(s)" in (run_dir / "eval" / "log.txt").read_text()
     assert (run_dir / "eval" / "results.md").read_text().startswith("# Evaluation of tiny")
 
     html = (run_dir / "report" / "index.html").read_text()
-    for png in ("timeline.png", "sft_loss.png", "heatmap_reward_mean.png"):
+    for png in ("timeline.png", "curves_sft.png", "heatmap_reward_mean.png"):
         assert (run_dir / "report" / png).stat().st_size > 1000 and f'src="{png}"' in html
 
     r = run_cli("export", run_dir, "--stage", "sft.code", "--out", tmp_path / "exp", timeout=300)

@@ -66,7 +66,7 @@ def test_export_mxfp4(run_dir, tmp_path):
 
 
 def test_export_unknown_stage(run_dir, tmp_path):
-    from pipeline.core.rundir import RunDirError
+    from core.rundir import RunDirError
 
     with pytest.raises(RunDirError, match="stages with one: bootstrap, sft.math"):
         export_stage(run_dir, "distill", "hf", tmp_path / "x")

@@ -107,7 +107,7 @@ def test_stages_land_on_the_node_their_resources_name(two_node_cluster, tmp_path
     recipe = tiny_recipe(tmp_path, name="multinode", domains=["math"],
                          tasks={"math": {"n_train": 16, "n_eval": 1}},
                          bootstrap={"resources": {"num_cpus": 1, "custom": {"node_b": 1}}},
-                         sft={"steps": 2, "batch_size": 2, "max_len": 128, "save_every": 2, "eval_max_tokens": 4,
+                         sft={"steps": 2, "batch_size": 2, "max_len": 128, "save_every": 2,
                               "resources": {"num_cpus": 1, "custom": {"node_a": 1}}})
     run_dir = tmp_path / "run"
     r = run_cli("run", recipe, "--run-dir", run_dir, "--address", address, timeout=300,

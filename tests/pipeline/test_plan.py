@@ -27,26 +27,30 @@ def test_gpu_recipes_fit_two_h200_nodes(path):
     by_id = {p.id: p for p in plans}
     grpo = next(p for p in plans if p.kind == "grpo")
     names = [a.name for a in grpo.actors]
-    assert "learner" in names and any(n.startswith("engine") for n in names) and "rewards" in names
+    assert "learner" in names and "rewards" in names and not any(n.startswith("engine") for n in names)
     learner = grpo.actors[names.index("learner")]
     assert any("ZeRO-3" in n for n in learner.notes)
-    engines = [a for a in grpo.actors if a.name.startswith("engine")]
-    tp = recipe.grpo.engine.tensor_parallel_size
-    assert engines and all(len(e.gpus) == tp for e in engines)
-    if recipe.grpo.placement.strategy == "split":
-        assert not set(learner.gpus) & {g for e in engines for g in e.gpus}
-    else:
-        assert set(learner.gpus) >= {g for e in engines for g in e.gpus}
+    assert len(learner.gpus) == len(grpo.layout.ranks) == grpo.gpus           # one rank per GPU, in its bundle
+    fleet = by_id["fleet"]                                                     # the engines: the fleet's, per run
+    tp = recipe.fleet.tensor_parallel_size
+    assert len(fleet.actors) == recipe.fleet.engines and all(len(e.gpus) == tp for e in fleet.actors)
+    assert fleet.node is not None
     distill = by_id["distill"]
-    assert sum(a.name.startswith("teacher:") for a in distill.actors) >= 2
-    assert all(p.node is not None or p.wave > 0 for p in plans)
+    teachers = [a for a in distill.actors if a.name.startswith("teacher:")]
+    assert len(teachers) >= 2
+    learner_gpus = set(distill.actors[0].gpus)
+    if recipe.distill.placement.strategy == "split":                          # teachers on their own GPUs
+        assert not learner_gpus & {g for t in teachers for g in t.gpus}
+    else:
+        assert {g for t in teachers for g in t.gpus} <= learner_gpus
+    assert all(p.node is not None or p.wave > 0 for p in plans if p.kind != "fleet")
 
 
 def test_gpu_recipe_cli_and_too_small_cluster():
     path = "recipes/gpu/think_max_qwen3_8b.yaml"
     r = run_cli("plan", path, "--cluster", TWO_H200_NODES, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "vLLM TP=2 MXFP4 weights" in r.stdout and "placement split" in r.stdout
+    assert "vLLM TP=2 MXFP4 weights" in r.stdout and "placement split" in r.stdout and "placement group:" in r.stdout
     assert "as logits" in r.stdout and r.stdout.strip().endswith("fits")
     r = run_cli("plan", path, "--cluster", "nodes=1,gpus=8,gpu_mem_gb=24,cpus=96,ram_gb=512", timeout=120)
     assert r.returncode == 2

@@ -29,15 +29,21 @@ def test_run_skip_rerun_and_failure(tmp_path):
     assert all(s["status"] == "complete" for s in st.values())
     for sid in ("sft.math", "sft.code"):
         m = st[sid]["metrics"]
-        assert "accuracy.think_max" in m and "start_accuracy.non_think" in m
+        dom = sid.split(".")[1]
+        assert f"accuracy.{dom}.think_max" in m and f"reward_mean.{dom}.non_think" in m
         assert (run_dir / sid / "final" / "config.json").exists() and (run_dir / sid / "final" / "tokenizer.json").exists()
         rows = [json.loads(x) for x in (run_dir / sid / "metrics.jsonl").read_text().splitlines()]
         assert [x["step"] for x in rows] == list(range(1, 7))
     manifest = json.loads((run_dir / "sft.math" / "manifest.json").read_text())
-    assert {"config_hash", "inputs_hash", "started", "finished", "outputs", "metrics"} <= set(manifest)
+    assert {"config_hash", "inputs_hash", "started", "finished", "outputs", "metrics", "output_hash",
+            "eval_rows"} <= set(manifest)
 
-    # same command again: nothing re-runs
+    # same command again, and with operational changes only (checkpoint cadence and retention, resources,
+    # logging): nothing re-runs
     r = run_cli("run", recipe, "--run-dir", run_dir)
+    assert r.returncode == 0 and r.stdout.count("up to date") == 3, r.stdout[-2000:]
+    r = run_cli("run", recipe, "--run-dir", run_dir, "--set", "sft.save_every=3", "--set", "sft.keep_checkpoints=5",
+                "--set", "sft.resources.num_cpus=2", "--set", "logging.tensorboard=true")
     assert r.returncode == 0 and r.stdout.count("up to date") == 3, r.stdout[-2000:]
     assert _status(run_dir)["sft.math"]["finished"] == st["sft.math"]["finished"]
 
@@ -59,7 +65,7 @@ def test_run_skip_rerun_and_failure(tmp_path):
 
 
 def test_lock_refuses_second_run(tmp_path):
-    from pipeline.core.rundir import RunLock
+    from core.rundir import RunLock
 
     recipe, run_dir = tiny_recipe(tmp_path), tmp_path / "run"
     with RunLock(run_dir):
@@ -74,9 +80,10 @@ def _losses(run_dir, sid):
 
 def test_sigkill_during_sft_resumes_exactly(tmp_path):
     # long enough (100 steps) that a loaded machine cannot finish the stage between two polls of the killer
-    recipe = tiny_recipe(tmp_path, sft={"steps": 100, "batch_size": 4, "max_len": 160, "save_every": 5,
-                                        "eval_max_tokens": 4}, domains=["math"],
-                         tasks={"math": {"n_train": 40, "n_eval": 2}})
+    recipe = tiny_recipe(tmp_path, sft={"steps": 100, "batch_size": 4, "max_len": 160, "save_every": 5},
+                         domains=["math"], tasks={"math": {"n_train": 40, "n_eval": 2}},
+                         eval={"samples": 1, "pass_k": [1], "max_tokens": {m: 4 for m in ("non_think", "think_high",
+                                                                                          "think_max")}})
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     r = run_cli("run", recipe, "--run-dir", ref_dir)
     assert r.returncode == 0, r.stdout[-2000:]

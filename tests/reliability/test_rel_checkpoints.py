@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from pipeline.core import rundir
-from pipeline.core.checkpoints import Checkpoints
-from pipeline.core.rundir import Manifest, MetricsLog, RunLock, atomic_write_json, atomic_write_text
+from core import rundir
+from core.checkpoints import Checkpoints
+from core.rundir import Manifest, MetricsLog, RunLock, atomic_write_json, atomic_write_text
 from rel_helpers import ROOT, cli, record
 
 CORRUPTIONS = ("flip", "truncate", "empty", "append", "delete_file", "stray_file", "delete_checksums",
@@ -182,7 +182,7 @@ def test_second_run_on_a_locked_run_dir_is_refused(tmp_path):
     from conftest import tiny_recipe
 
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.core.rundir import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.rundir import RunLock\n"
                                f"with RunLock({str(run_dir)!r}):\n    print('locked', flush=True); time.sleep(600)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:

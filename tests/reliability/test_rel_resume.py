@@ -115,7 +115,7 @@ def _truncate(f: Path, rng) -> None:
 
 def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe, ref, tmp_path):
     """One run directory through seven `pipeline run`s; the events are drawn by a seeded RNG."""
-    from pipeline.core.checkpoints import Checkpoints
+    from core.checkpoints import Checkpoints
 
     rng = random.Random(20261128)
     run_dir, log = tmp_path / "run", tmp_path / "runs.log"

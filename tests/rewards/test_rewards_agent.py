@@ -1,11 +1,11 @@
-"""Agent: success, wrong final state, malformed call, turn cap; transcript format matches rewards.chat."""
+"""Agent: success, wrong final state, malformed call, turn cap; transcript format matches core.chat."""
 import json
 
 import pytest
 
 from rewards.agent import AgentEpisode, env_for, parse_transcript, step
 from rewards.base import score_local
-from rewards.chat import MODES, render_prompt
+from core.chat import MODES, render_prompt
 from rewards.envs import format_tool_call, parse_tool_calls
 from rewards.tasks import demonstration, generate
 

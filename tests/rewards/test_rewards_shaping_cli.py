@@ -80,7 +80,7 @@ def test_cli(tmp_path, capsys):
 
 def test_rewards_package_imports_no_torch_no_ray():
     code = ("import sys, rewards, rewards.base, rewards.math_verifier, rewards.code, rewards.ifeval, rewards.agent, "
-            "rewards.shaping, rewards.cli, rewards.pool, rewards.sandbox, rewards.envs, rewards.chat, rewards.tasks\n"
+            "rewards.shaping, rewards.cli, rewards.pool, rewards.sandbox, rewards.envs, core.chat, rewards.tasks\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')]\n"
             "print(bad); assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

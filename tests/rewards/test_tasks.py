@@ -37,3 +37,13 @@ def test_bad_generator_parameters_name_the_field():
         generate("math", "train", 1, 0, {"max_n": 12})
     with pytest.raises(ValueError, match=r"tasks.code.params: unknown"):
         generate("code", "train", 1, 0, {"max_n": 4})
+
+
+def test_instruct_generator_has_no_parameters_and_splits_by_prompt():
+    from rewards.tasks import _split_of
+
+    assert generator_params("instruct") == set()
+    train, test = generate("instruct", "train", 300, 2), generate("instruct", "test", 60, 2)
+    assert {s["prompt"] for s in train}.isdisjoint(s["prompt"] for s in test)
+    assert all(_split_of(s["prompt"]) == "train" for s in train) and all(_split_of(s["prompt"]) == "test" for s in test)
+    assert load_tasks("instruct", "test", 5, 2) == test[:5]

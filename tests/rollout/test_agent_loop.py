@@ -7,7 +7,7 @@ import json
 
 from transformers import AutoTokenizer
 
-from rewards.chat import END
+from core.chat import END
 from rewards.envs import InventoryEnv, parse_tool_calls
 from rewards.tasks import generate as gen_tasks
 from rollout.agent_loop import run_episodes, transcript

@@ -4,7 +4,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewards.tasks import generate as gen_tasks
 from rollout.encoding import encode_conversation, encode_prompt
-from rollout.engine import SamplingParams, make_engine
+from rollout.engine import SamplingParams
+from rollout.engines import make_engine
 from rollout.hf_engine import process_logits
 
 

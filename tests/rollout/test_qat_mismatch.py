@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewards.tasks import generate as gen_tasks
 from rollout.encoding import encode_prompt
-from rollout.engine import SamplingParams, make_engine
+from rollout.engine import SamplingParams
+from rollout.engines import make_engine
 from rollout.fp4 import enable_qat, is_qat_enabled, qat_targets, quantized_state_dict
 from specialists.algos import masked_logprobs
 

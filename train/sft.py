@@ -1,0 +1,36 @@
+"""Supervised fine-tuning pieces every SFT-style stage shares (the specialists, the generalist, the seqKD control):
+the loss and the training loop over tokenized examples. A stage module never imports another stage's module, so
+what they share lives here."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .data import EpochSampler, collate
+
+
+def sft_loss(model, mb) -> tuple[torch.Tensor, dict]:
+    """Sum of next-token cross-entropy over assistant tokens (``mb["weight"]`` of them)."""
+    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits[:, :-1]
+    targets, mask = mb["input_ids"][:, 1:], mb["loss_mask"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            reduction="none").view_as(mask)
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == targets).float() * mask).sum() / mask.sum().clamp(min=1)
+    return (nll * mask).sum(), {"token_acc": float(acc)}
+
+
+def sft_loop(loop, learner, examples: list, batch_size: int, seed: int, pad_id: int) -> None:
+    """Run ``loop`` (``StageContext.train_loop``): each step one batch of ``examples`` (an epoch permutation per
+    ``seed``, so a resumed stage continues with exactly the samples an uninterrupted one would see), one optimizer
+    step of ``sft_loss``, its metrics logged and ``samples_seen`` checkpointed."""
+    sampler = EpochSampler(len(examples), batch_size, seed)
+    for step in loop:
+        t0 = time.perf_counter()
+        mb = collate([examples[i] for i in sampler.batch(step)], pad_id, learner.device)
+        res = learner.step(sft_loss, [mb])
+        seen = (step + 1) * batch_size
+        loop.log({"samples_seen": seen}, loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **res.metrics,
+                 tokens=int(mb["weight"]), samples_seen=seen,
+                 tokens_per_s=mb["weight"] / max(time.perf_counter() - t0, 1e-9))
