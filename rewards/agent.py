@@ -1,49 +1,48 @@
-"""Agent domain: episode helpers for the rollout layer's multi-turn loop, and the verdict on a finished transcript.
+"""Agent domain: the episode rule the rollout loop and the verifier share, and the verdict on a finished transcript.
 
-The loop (in the rollout layer)::
+**The rule** (``AgentEpisode.step``, one call per assistant turn): the calls that count are the DSML tool calls of
+the turn's *answer part* (``turn_tool_calls``: never inside the reasoning; a think turn that never closed its reasoning
+has none; a turn cut by the length limit has none). A turn without calls is the final answer and ends the episode; a
+turn with calls ends it when the environment stops at calls (BFCL) or when it is the ``max_turns``-th turn (its calls
+are not run: nothing would read their results); otherwise the environment answers each call, in order, and the
+results go back in the next user turn. ``rollout.agent_loop.run_episodes`` drives one ``AgentEpisode`` per episode;
+the verifier replays the transcript's assistant turns through a fresh one, so both agree on which calls count.
 
-    ep = AgentEpisode(sample, mode)
-    text = generate(prompt)                      # one assistant turn
-    while True:
-        obs, done = ep.step(text)                # runs its tool calls on the episode's environment
-        if done: break                           # final answer (no tool call) or turn cap reached
-        text = generate(prompt + ep.transcript)  # the next turn sees the observation
-    verdict = rewards.base.score("agent", ep.transcript, sample, mode)
+**Transcript** (the agent ``completion``): the assistant turns and tool-result turns exactly as ``core.chat`` renders
+them, starting after the prompt's generation prefix::
 
-**Transcript format** (the agent ``completion``): the assistant turns and tool observations rendered as
-``core.chat.render_prompt`` renders them, starting after the prompt's generation prefix::
+    <turn 1><|end|><|user|><tool_result>obs</tool_result><|end|><|assistant|><prefill><turn 2><|end|>...
 
-    <turn 1 text><|end|><|tool|><observation 1><|end|><|assistant|><prefill><turn 2 text><|end|>…
-
-(a leading ``<|assistant|><prefill>`` is accepted too). **Verdict**: the tool calls parsed from the assistant turns
-(answer part only, never the reasoning) are replayed in order on a fresh environment — the observations in the
-transcript are not trusted — and the final state must equal ``reference_state``; the last turn must be a final
-answer (no tool call) within ``max_turns`` turns, and it must contain ``answer`` when the task has one.
+(a leading ``<|assistant|><prefill>`` is accepted too). It is read by position -- the engine stops a turn at
+``<|end|>``, so text the model writes inside a turn cannot open a new one -- and the tool results in it are never
+trusted: the verifier hands the counted calls to the row's environment (``rewards.envs``, ``row["env"]``), whose
+``verify`` decides (the inventory replays them on a fresh state; BFCL compares them with the ground truth; the Python
+tool runs the row's tests on the final answer's code). Every turn must keep the mode's reasoning format.
 """
 from __future__ import annotations
 
-import json
-import re
+from core.chat import ASSISTANT, BOS, END, END_THINK, PAD, USER, prefill, split_reasoning, tool_results
 
 from .base import Verdict, clean_completion, fail, register_verifier
-from core.chat import ASSISTANT, END, END_THINK, TOOL, prefill, split_reasoning
-from .envs import InventoryEnv, ToolCall, parse_tool_calls
+from .envs import ToolCall, Trace, clean_observation, env_class, make_env, parse_tool_calls
 
 DEFAULT_MAX_TURNS = 4
 
 
-def env_for(sample: dict) -> InventoryEnv:
-    """A fresh environment in the sample's initial state."""
-    state = sample["initial_state"]
-    return InventoryEnv.from_state(json.loads(state) if isinstance(state, str) else state)
+def env_for(sample: dict):
+    """A fresh environment of the sample's kind (``sample["env"]``, default inventory) reset to the sample."""
+    return make_env(sample)
+
+
+def _strip_prefill(text: str, mode: str) -> str:
+    t = clean_completion(text)
+    p = prefill(mode)
+    return t[len(p):] if t.startswith(p) else t
 
 
 def _answer_text(assistant_text: str, mode: str) -> tuple[str, bool]:
     """The part of a turn that may hold tool calls / the final answer (reasoning removed) and its format flag."""
-    t = clean_completion(assistant_text)
-    p = prefill(mode)
-    if t.startswith(p):
-        t = t[len(p):]
+    t = _strip_prefill(assistant_text, mode)
     if mode == "non_think":
         return split_reasoning(t, mode)[1:]
     _, answer, ok = split_reasoning(t, mode)
@@ -58,109 +57,131 @@ def turn_tool_calls(assistant_text: str, mode: str) -> list[ToolCall]:
     return parse_tool_calls(_answer_text(assistant_text, mode)[0])
 
 
-def step(env: InventoryEnv, assistant_text: str, mode: str = "non_think") -> tuple[str | None, bool]:
-    """Run the tool calls of one assistant turn. Returns (observation, done); (None, True) for a final answer."""
-    calls = turn_tool_calls(assistant_text, mode)
-    if not calls:
-        return None, True
-    return "\n".join(env.call(c) for c in calls), False
-
-
 class AgentEpisode:
-    """One episode: environment, turn count, cap, and the transcript in the verdict's format."""
+    """One episode under the shared rule: its environment, turns, counted calls, end, and transcript.
 
-    def __init__(self, sample: dict, mode: str = "non_think"):
-        self.sample, self.mode = sample, mode
+    ``execute=False`` (the verifier) records the calls without running them (the environment's ``verify`` decides
+    what to do with them)."""
+
+    def __init__(self, sample: dict, mode: str = "non_think", max_turns: int | None = None, execute: bool = True):
+        self.sample, self.mode, self.execute = sample, mode, execute
         self.env = env_for(sample)
-        self.max_turns = int(sample.get("max_turns") or DEFAULT_MAX_TURNS)
-        self.turns = 0
+        self.max_turns = int(max_turns or sample.get("max_turns") or DEFAULT_MAX_TURNS)
+        self.trace = Trace(mode)
+        self.observations: list[list[str]] = []
         self.done = False
         self.parts: list[str] = []
 
-    def step(self, assistant_text: str) -> tuple[str | None, bool]:
+    @property
+    def turns(self) -> int:
+        return len(self.trace.turns)
+
+    @property
+    def end(self) -> str:
+        return self.trace.end
+
+    def step(self, assistant_text: str, complete: bool = True) -> tuple[list[str] | None, bool]:
+        """Take one assistant turn (its text after the prefill; ``complete=False``: cut by the length limit).
+        Returns (the tool results, in call order, or None when no call runs; whether the episode is over)."""
         if self.done:
             raise RuntimeError("episode is over")
-        t = clean_completion(assistant_text)
-        p = prefill(self.mode)
-        if t.startswith(p):
-            t = t[len(p):]
-        self.parts.append((ASSISTANT + p if self.turns else "") + t + END)
-        self.turns += 1
-        obs, done = step(self.env, t, self.mode)
-        if obs is not None:
-            self.parts.append(TOOL + obs + END)
-        if self.turns >= self.max_turns:
-            done = True
-        self.done = done
-        return obs, done
+        t = _strip_prefill(assistant_text, self.mode)
+        answer, ok = _answer_text(t, self.mode)
+        calls = turn_tool_calls(t, self.mode) if complete else []
+        tr = self.trace
+        tr.format_ok &= ok
+        tr.turns.append(t)
+        tr.calls.append(calls)
+        self.parts.append((ASSISTANT + prefill(self.mode) if len(tr.turns) > 1 else "") + t + (END if complete else ""))
+        if not complete:
+            tr.end = "length"
+        elif not calls:
+            tr.end, tr.final = "stop", answer
+        elif env_class(self.sample).stop_after_calls:
+            tr.end = "tool_calls"
+        elif len(tr.turns) >= self.max_turns:
+            tr.end = "turn_cap"
+        self.done = bool(tr.end)
+        if self.done or not self.execute:
+            return None, self.done
+        obs = [clean_observation(self._run(c)) for c in calls]
+        self.observations.append(obs)
+        self.parts.append(USER + tool_results(obs) + END)
+        return obs, False
+
+    def _run(self, call: ToolCall) -> str:
+        try:
+            return self.env.step(call)
+        except Exception as e:  # noqa: BLE001 -- an environment bug on odd arguments is an observation, not a crash
+            return f"error: the tool failed ({type(e).__name__})"
 
     @property
     def transcript(self) -> str:
         return "".join(self.parts)
 
 
-_MARK_RE = re.compile("(" + "|".join(re.escape(m) for m in (ASSISTANT, TOOL, END)) + ")")
+def split_transcript(text: str, mode: str) -> tuple[list[str], bool, bool]:
+    """(assistant turns after their prefill, whether the last turn was closed by ``<|end|>``, whether the structure
+    is sound). Turns alternate by position: assistant, tool results, assistant, ..."""
+    t = text.rstrip()
+    while t.endswith((PAD, BOS)):
+        t = t[:-len(PAD if t.endswith(PAD) else BOS)].rstrip()
+    closed = t.endswith(END)
+    pieces = clean_completion(t).split(END)
+    head, ok, turns = ASSISTANT + prefill(mode), True, []
+    for k, piece in enumerate(pieces):
+        if k % 2:                                   # a tool-result turn
+            if not piece.startswith(USER):
+                ok = False
+                break
+            continue
+        if piece.startswith(head):
+            piece = piece[len(head):]
+        elif k:
+            ok = False
+            break
+        turns.append(piece)
+    return turns, closed, ok
 
 
 def parse_transcript(text: str, mode: str) -> list[tuple[str, str]]:
-    """[(role, content)] with role "assistant" or "tool", from the transcript format above."""
-    turns, role, buf = [], "assistant", []
-    for piece in _MARK_RE.split(text):
-        if piece == ASSISTANT or piece == TOOL:
-            if buf and "".join(buf).strip():
-                turns.append((role, "".join(buf)))
-            role, buf = ("assistant" if piece == ASSISTANT else "tool"), []
-        elif piece == END:
-            if buf or role == "assistant":
-                turns.append((role, "".join(buf)))
-            role, buf = "assistant", []
+    """[(role, content)]: the assistant turns (after their prefill) and the tool-result turns, in order."""
+    out = []
+    for k, piece in enumerate(clean_completion(text).split(END)):
+        if k % 2:
+            out.append(("user", piece[len(USER):] if piece.startswith(USER) else piece))
         else:
-            buf.append(piece)
-    if buf and "".join(buf).strip():
-        turns.append((role, "".join(buf)))
-    p = prefill(mode)
-    return [(r, c[len(p):] if r == "assistant" and c.startswith(p) else c) for r, c in turns]
-
-
-def answer_matches(final: str, answer: str) -> bool:
-    """``answer`` appears in ``final`` as a whole token (``2`` does not match inside ``12`` or ``2.5``)."""
-    return re.search(r"(?<![\w.])" + re.escape(answer) + r"(?![\w]|\.\d)", final) is not None
+            head = ASSISTANT + prefill(mode)
+            out.append(("assistant", piece[len(head):] if piece.startswith(head) else piece))
+    return out
 
 
 @register_verifier("agent", isolation="worker")
 def verify_agent(completion: str, sample: dict, mode: str) -> Verdict:
     try:
-        env = env_for(sample)
-        reference = json.loads(sample["reference_state"])
+        ep = AgentEpisode(sample, mode, execute=False)
     except (KeyError, TypeError, ValueError) as e:
-        return fail(f"bad agent sample: {type(e).__name__}")
-    max_turns = int(sample.get("max_turns") or DEFAULT_MAX_TURNS)
-    answer = str(sample.get("answer") or "")
-    turns = [c for r, c in parse_transcript(clean_completion(completion), mode) if r == "assistant"]
-    if not turns:
+        return fail(f"bad agent sample: {type(e).__name__}: {str(e)[:200]}")
+    turns, closed, structure_ok = split_transcript(completion, mode)
+    if not turns or not "".join(turns).strip():
         return fail("empty transcript", format_ok=False)
-    checks, format_ok, calls_made, observations = [], True, 0, []
-    final = None
-    for i, t in enumerate(turns[:max_turns]):
-        text, ok = _answer_text(t, mode)
-        format_ok &= ok
-        obs, done = step(env, t, mode)
-        if done:
-            final = text
+    for k, t in enumerate(turns):
+        ep.step(t, complete=closed or k + 1 < len(turns))
+        if ep.done:
             break
-        calls_made += 1
-        observations.append(obs[:200])
-    if len(turns) > max_turns:
-        checks.append("turn_cap_exceeded")
-    if final is None:
-        checks.append("no_final_answer_within_turn_cap")
-    if not format_ok:
+    tr = ep.trace
+    if not ep.done:
+        tr.end = "unfinished"                       # the transcript stops while the episode goes on
+    v = ep.env.verify(tr, sample)
+    checks = []
+    if not structure_ok:
+        checks.append("malformed_transcript")
+    if len(turns) > len(tr.turns):
+        checks.append("turn_cap_exceeded" if tr.end == "turn_cap" else "turns_after_end")
+    if not tr.format_ok:
         checks.append("format")
-    if json.dumps(env.state, sort_keys=True) != json.dumps(reference, sort_keys=True):
-        checks.append("final_state_mismatch")
-    if answer and not (final is not None and answer_matches(final, answer)):
-        checks.append("answer_mismatch")
-    details = {"extracted": (final or "")[:500], "failed_checks": checks, "format_ok": format_ok,
-               "turns": len(turns), "tool_turns": calls_made, "observations": observations,
-               "error": None if not checks else ", ".join(checks)}
-    return Verdict(0.0 if checks else 1.0, details)
+    checks += v.details.get("failed_checks") or []
+    details = {**v.details, "extracted": (tr.final or "")[:500], "failed_checks": checks, "format_ok": tr.format_ok,
+               "env": sample.get("env") or "inventory", "end": tr.end, "turns": len(turns),
+               "tool_turns": sum(1 for c in tr.calls if c), "error": ", ".join(checks) or None}
+    return Verdict(0.0 if checks else v.score, details)

@@ -1,20 +1,25 @@
-"""Multi-turn tool rollouts for the agent domain, append-only at the token level.
+"""Multi-turn tool rollouts for the agent domain, append-only at the token level, for any tool environment.
 
-Each episode: the model writes a turn; if its answer part holds a tool call (``rewards.agent.turn_tool_calls``, the
-rule the verifier applies too: calls inside the reasoning do not count), the environment answers, the
-observation segment and the next generation prompt are appended as token ids, and generation continues until a
-turn without a tool call (the final answer), a turn cut by the length limit, or the turn cap. Earlier turns are
-never re-tokenized; ``loss_mask`` marks the model's own tokens only, and ``logprobs`` holds the sampler's log-prob
-of each of them.
+Each episode drives one ``rewards.agent.AgentEpisode`` -- the rule the verifier replays, so both agree on which calls
+count (answer part only, never the reasoning) and on when an episode ends -- with the environment its task row names
+(``row["env"]``: inventory, bfcl, python; ``rewards.envs``). The model writes a turn; if the rule runs its calls, the
+environment answers them, and the user turn carrying the results (``<tool_result>`` blocks in call order, DeepSeek-V4's
+format) and the next generation prompt are appended as token ids; generation continues until a turn without calls
+(the final answer: ``finish_reason == "stop"``), a turn cut by the length limit (``"length"``), a turn of calls in an
+environment that stops there (BFCL: ``"tool_calls"``), or the turn cap (``"turn_cap"``). Earlier turns are never
+re-tokenized; ``loss_mask`` marks the model's own tokens only, and ``logprobs`` holds the sampler's log-prob of each.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rewards.agent import env_for, turn_tool_calls
+from rewards.agent import AgentEpisode
 
-from .encoding import encode_segment, generation_prompt
+from .encoding import encode_tool_results, generation_prompt
 from .engine import SamplingParams
+
+MAX_PARALLEL_STEPS = 8      # episodes whose environments block (the sandbox) step in this many threads
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Episode:
     turns: int = 0
     finish_reason: str = "length"
     done: bool = False
+    calls: list[list[dict]] = field(default_factory=list)  # per turn, the calls that counted ({name, arguments})
 
     @property
     def n_model_tokens(self) -> int:
@@ -46,17 +52,18 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
         raise ValueError("run_episodes samples one completion per episode; repeat the prompts for groups")
     modes = [mode] * len(prompts) if isinstance(mode, str) else list(mode)
     limits = list(max_tokens) if max_tokens is not None else [params.max_tokens] * len(prompts)
-    if len(modes) != len(prompts) or len(limits) != len(prompts):
-        raise ValueError("run_episodes: one mode and one max_tokens per prompt")
-    envs = [env_for(s) for s in samples]
+    if len(modes) != len(prompts) or len(limits) != len(prompts) or len(samples) != len(prompts):
+        raise ValueError("run_episodes: one sample, one mode and one max_tokens per prompt")
+    agents = [AgentEpisode(s, m, max_turns=max_turns) for s, m in zip(samples, modes)]
     eps = [Episode(prompt_ids=list(p)) for p in prompts]
-    caps = [max_turns or int(s.get("max_turns", 4)) for s in samples]
     next_prompt = {m: generation_prompt(tok, m) for m in set(modes)}
+    eos = tok.eos_token_id
     while True:
         active = [i for i, e in enumerate(eps) if not e.done]
         if not active:
             return eps
         outs = engine.generate([eps[i].prompt_ids + eps[i].ids for i in active], params)
+        turns = []
         for i, comps in zip(active, outs):
             c, e = comps[0], eps[i]
             ids, finish, text = c.token_ids, c.finish_reason, c.text
@@ -70,17 +77,24 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
             e.logprobs += c.logprobs[:len(ids)]
             e.sampling_mask += (c.sampling_mask or [None] * len(c.token_ids))[:len(ids)]
             e.turns += 1
-            calls = turn_tool_calls(text, modes[i])    # the verifier's rule: calls in the answer part only
-            if finish != "stop" or not calls or e.turns >= caps[i]:
-                e.done = True
-                e.finish_reason = ("length" if finish != "stop" else "stop" if not calls else "turn_cap")
+            # complete = closed by the end token, as the verifier reads the transcript
+            turns.append((i, text, finish == "stop" and bool(ids) and ids[-1] == eos))
+        if sum(agents[i].env.blocking for i, _, _ in turns) > 1:     # sandboxed tools: run the steps concurrently
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STEPS, len(turns))) as pool:
+                stepped = list(pool.map(lambda t: agents[t[0]].step(t[1], t[2]), turns))
+        else:
+            stepped = [agents[i].step(text, complete) for i, text, complete in turns]
+        for (i, _, _), (obs, done) in zip(turns, stepped):
+            e, a = eps[i], agents[i]
+            e.calls.append([c.as_dict() for c in a.trace.calls[-1]])
+            if done:
+                e.done, e.finish_reason = True, a.end
                 continue
-            obs = "\n".join(envs[i].call(call) for call in calls)
-            seg, _ = encode_segment(tok, "tool", obs, modes[i])
+            seg, _ = encode_tool_results(tok, obs)
             e.ids += seg + next_prompt[modes[i]]
             e.loss_mask += [0] * (len(seg) + len(next_prompt[modes[i]]))
 
 
 def transcript(tok, episode: Episode) -> str:
-    """The text after the prompt (assistant turns and tool observations with their markers), for the verifier."""
+    """The text after the prompt (assistant turns and tool-result turns with their markers), for the verifier."""
     return tok.decode(episode.ids, skip_special_tokens=False)

@@ -1,22 +1,24 @@
 """Token-level chat encoding, segment by segment, so conversations grow append-only.
 
-Each message becomes one segment of token ids (its role marker, the mode's prefill for assistant turns, the
-content, ``<|end|>``); a conversation is the concatenation. Earlier turns are never re-tokenized, and the loss mask
-marks exactly the tokens the model wrote (assistant content and its ``<|end|>``), never prompts, prefills or tool
-observations. The strings come from ``core.chat`` and match the tokenizer's chat template.
+``core.chat.segments`` cuts a conversation into pieces that each end on a special token (the BOS, the system prompt,
+each user turn -- tool results included --, each assistant turn's marker + prefill, and its body + ``<|end|>``); each
+piece is tokenized on its own and a conversation is the concatenation, which equals the tokenization of the whole
+rendered text (special tokens split it there anyway). Earlier turns are never re-tokenized, and the loss mask marks
+exactly the tokens the model wrote (assistant content, its tool calls and its ``<|end|>``), never prompts, prefills
+or tool results. The strings come from ``core.chat`` and match the tokenizer's chat template.
 """
 from __future__ import annotations
 
-from core.chat import ASSISTANT, BOS, END, SYSTEM, TOOL, USER, prefill, system_prompt
+from core.chat import ASSISTANT, END, SYSTEM, USER, prefill, segments, tool_results
 
 
 def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def encode_prompt(tok, messages: list[dict], mode: str) -> list[int]:
+def encode_prompt(tok, messages: list[dict], mode: str, tools: list[dict] | None = None) -> list[int]:
     """Token ids of ``messages`` plus the generation prompt (assistant marker + the mode's prefill)."""
-    ids, _ = encode_conversation(tok, messages, mode)
+    ids, _ = encode_conversation(tok, messages, mode, tools)
     return ids + generation_prompt(tok, mode)
 
 
@@ -25,28 +27,29 @@ def generation_prompt(tok, mode: str) -> list[int]:
 
 
 def encode_segment(tok, role: str, content: str, mode: str) -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of one message."""
+    """(ids, loss_mask) of one system, user or assistant message on its own (an assistant ``content`` is the text
+    after the prefill, tool calls included)."""
     if role == "assistant":
         head = _ids(tok, ASSISTANT + prefill(mode))
         body = _ids(tok, content + END)
         return head + body, [0] * len(head) + [1] * len(body)
-    marker = {"user": USER, "tool": TOOL, "system": SYSTEM}[role]
+    marker = {"user": USER, "system": SYSTEM}[role]
     ids = _ids(tok, marker + content + END)
     return ids, [0] * len(ids)
 
 
-def encode_conversation(tok, messages: list[dict], mode: str) -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of a whole conversation; the system prompt gets the mode's prefix (Think Max)."""
-    ids = _ids(tok, BOS)
-    mask = [0] * len(ids)
-    sys_msgs = [m for m in messages if m["role"] == "system"]
-    sys_text = system_prompt(mode, sys_msgs[0]["content"] if sys_msgs else None)
-    if sys_text:
-        s_ids, s_mask = encode_segment(tok, "system", sys_text, mode)
-        ids, mask = ids + s_ids, mask + s_mask
-    for m in messages:
-        if m["role"] == "system":
-            continue
-        s_ids, s_mask = encode_segment(tok, m["role"], m["content"], mode)
-        ids, mask = ids + s_ids, mask + s_mask
+def encode_tool_results(tok, observations: list[str]) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of the user turn that returns one turn's tool results, in call order (all masked)."""
+    return encode_segment(tok, "user", tool_results(observations), "non_think")
+
+
+def encode_conversation(tok, messages: list[dict], mode: str,
+                        tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of a whole conversation, exactly ``render_prompt(messages, mode, False, tools)`` tokenized;
+    the system prompt gets the mode's prefix (Think Max) and the tools section."""
+    ids, mask = [], []
+    for text, own in segments(messages, mode, add_generation_prompt=False, tools=tools):
+        piece = _ids(tok, text)
+        ids += piece
+        mask += [int(own)] * len(piece)
     return ids, mask

@@ -1,18 +1,29 @@
-"""Multi-turn tool episodes: append-only token ids (never re-tokenized) and a loss mask over model tokens only.
+"""Multi-turn tool episodes: append-only token ids (never re-tokenized), a loss mask over model tokens only, one
+scripted episode per environment, and the rollout loop and the verifier agreeing on which calls count.
 
-A scripted engine replays fixed turns (a tool call, then a final answer) and emits each turn's ids as a
-*non-canonical* split of its text (piece by piece), so any re-tokenization of earlier turns would change the ids.
+A scripted engine replays fixed turns and emits each turn's ids as a *non-canonical* split of its text (piece by
+piece), so any re-tokenization of earlier turns would change the ids.
 """
 import json
 
+import pytest
 from transformers import AutoTokenizer
 
-from core.chat import END
-from rewards.envs import InventoryEnv, parse_tool_calls
+from core.chat import (END, END_INVOKE, END_PARAM, END_TOOL_CALLS, INVOKE, PARAM, STRING_VALUE, TOOL_CALLS,
+                       format_tool_call, format_tool_calls)
+from rewards.agent import turn_tool_calls
+from rewards.base import score_local
+from rewards.envs import InventoryEnv
 from rewards.tasks import generate as gen_tasks
+from rewards.tasks.agent import bfcl_row, python_row
 from rollout.agent_loop import run_episodes, transcript
-from rollout.encoding import encode_prompt, encode_segment, generation_prompt
+from rollout.encoding import encode_prompt, encode_tool_results, generation_prompt
 from rollout.engine import Completion, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_dir):
+    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 def _pieces_ids(tok, pieces: list[str]) -> list[int]:
@@ -57,22 +68,29 @@ class ScriptedEngine:
         pass
 
 
-def _call_pieces(name, item):
-    # split mid-word and mid-JSON so the pieces' ids differ from the whole text's canonical tokenization
-    body = json.dumps({"name": name, "arguments": {"item": item}})
-    cut = len(body) // 2
-    return ["I ch", "eck.</think>", "<tool_call>", body[:cut], body[cut:], "</tool_call>", END]
+def _call_pieces(name, item, why="I ch|eck."):
+    """A DSML call split mid-word, so the pieces' ids differ from the whole text's canonical tokenization."""
+    reasoning = why.split("|") + ["</think>"] if why else []
+    return reasoning + ["\n\n", TOOL_CALLS, "\n", INVOKE, name[:3], name[3:], '">\n', PARAM, "it", "em", STRING_VALUE,
+                        item[:2], item[2:], END_PARAM, "\n", END_INVOKE, "\n", END_TOOL_CALLS, END]
 
 
-def test_run_episodes_append_only_and_loss_mask(tiny_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
+def _text_pieces(text):
+    return [text[:len(text) // 2], text[len(text) // 2:], END]
+
+
+def _prompts(tok, samples, modes):
+    return [encode_prompt(tok, [{"role": "user", "content": s["prompt"]}], m) for s, m in zip(samples, modes)]
+
+
+def test_run_episodes_append_only_and_loss_mask(tok):
     mode = "think_high"
     samples = gen_tasks("agent", "test", 2, 0)
-    prompts = [encode_prompt(tok, [{"role": "user", "content": s["prompt"]}], mode) for s in samples]
+    prompts = _prompts(tok, samples, [mode] * 2)
     items = [sorted(json.loads(s["initial_state"])["stock"])[0] for s in samples]
     scripts = [
-        [_call_pieces("get_stock", items[0]), ["Do", "ne. The answer is 4", "2.", END]],   # tool call, final answer
-        [_call_pieces("get_stock", items[1]), _call_pieces("get_price", items[1])],        # hits the turn cap (2)
+        [_call_pieces("get_stock", items[0]), ["Do", "ne.</think>The answer is 4", "2.", END]],   # call, final answer
+        [_call_pieces("get_stock", items[1]), _call_pieces("get_price", items[1])],              # hits the cap (2)
     ]
     # the test means something only if the scripted split is not what the tokenizer would produce
     text0 = "".join(scripts[0][0])
@@ -92,13 +110,13 @@ def test_run_episodes_append_only_and_loss_mask(tiny_dir):
             want_ids += tids
             want_mask += [1] * len(tids)
             want_lp += lps
-            if t + 1 < e.turns:                                       # observation + next generation prompt
-                obs = "\n".join(env.call(c) for c in parse_tool_calls(tok.decode(tids, skip_special_tokens=False)))
-                seg, seg_mask = encode_segment(tok, "tool", obs, mode)
+            if t + 1 < e.turns:                                       # tool results + next generation prompt
+                calls = turn_tool_calls(tok.decode(tids, skip_special_tokens=False), mode)
+                seg, seg_mask = encode_tool_results(tok, [env.step(c) for c in calls])
                 assert seg_mask == [0] * len(seg)
                 want_ids += seg + nxt
                 want_mask += [0] * (len(seg) + len(nxt))
-        # exact concatenation of engine outputs and encoded tool segments: nothing re-tokenized
+        # exact concatenation of engine outputs and encoded tool-result turns: nothing re-tokenized
         assert e.prompt_ids == prompts[i]
         assert e.ids == want_ids
         assert e.loss_mask == want_mask
@@ -106,7 +124,7 @@ def test_run_episodes_append_only_and_loss_mask(tiny_dir):
         assert len(e.sampling_mask) == e.n_model_tokens
         # the model tokens are exactly the engine's tokens, in order
         assert [t for t, m in zip(e.ids, e.loss_mask) if m] == [t for tids, _ in engine.emitted[i] for t in tids]
-        assert "<|tool|>" in transcript(tok, e)
+        assert "<|user|><tool_result>" in transcript(tok, e) and "<|tool|>" not in transcript(tok, e)
 
     # every request of a later turn extends the previous request's ids (append-only prompts)
     for i in range(len(prompts)):
@@ -117,14 +135,13 @@ def test_run_episodes_append_only_and_loss_mask(tiny_dir):
         assert reqs[-1] + engine.emitted[i][-1][0] == prompts[i] + eps[i].ids
 
 
-def test_run_episodes_mixes_modes_and_caps_turns_per_episode(tiny_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
+def test_run_episodes_mixes_modes_and_caps_turns_per_episode(tok):
     modes = ["think_max", "non_think"]
     samples = gen_tasks("agent", "test", 2, 1)
-    prompts = [encode_prompt(tok, [{"role": "user", "content": s["prompt"]}], m) for s, m in zip(samples, modes)]
+    prompts = _prompts(tok, samples, modes)
     items = [sorted(json.loads(s["initial_state"])["stock"])[0] for s in samples]
-    scripts = [[_call_pieces("get_stock", items[0]), ["Done.", END]],
-               [_call_pieces("get_stock", items[1]), ["Done.", END]]]
+    scripts = [[_call_pieces("get_stock", items[0]), ["x</think>Done.", END]],
+               [_call_pieces("get_stock", items[1], why=""), ["Done.", END]]]
     engine = ScriptedEngine(tok, prompts, scripts)
     cap = 3                                              # episode 1's turns may hold 3 tokens
     eps = run_episodes(engine, tok, prompts, samples, modes, SamplingParams(temperature=1.0, max_tokens=64),
@@ -132,12 +149,97 @@ def test_run_episodes_mixes_modes_and_caps_turns_per_episode(tiny_dir):
     # episode 0 ran both turns; its next-generation prompt is its own mode's
     assert eps[0].turns == 2 and eps[0].finish_reason == "stop"
     first = engine.emitted[0][0][0]
-    obs = "\n".join(InventoryEnv.from_state(json.loads(samples[0]["initial_state"])).call(c)
-                    for c in parse_tool_calls(tok.decode(first, skip_special_tokens=False)))
-    seg, _ = encode_segment(tok, "tool", obs, modes[0])
+    env = InventoryEnv.from_state(json.loads(samples[0]["initial_state"]))
+    obs = [env.step(c) for c in turn_tool_calls(tok.decode(first, skip_special_tokens=False), modes[0])]
+    seg, _ = encode_tool_results(tok, obs)
     assert eps[0].ids[len(first):len(first) + len(seg) + len(generation_prompt(tok, "think_max"))] == \
         seg + generation_prompt(tok, "think_max")
-    # episode 1 was cut at its cap: exactly the first 3 sampled tokens, then stop with "length"
-    assert eps[1].turns == 1 and eps[1].finish_reason == "length"
+    # episode 1 was cut at its cap: exactly the first 3 sampled tokens, then stop with "length"; nothing ran
+    assert eps[1].turns == 1 and eps[1].finish_reason == "length" and eps[1].calls == [[]]
     assert eps[1].ids == engine.emitted[1][0][0][:cap] and eps[1].logprobs == engine.emitted[1][0][1][:cap]
     assert eps[1].loss_mask == [1] * cap
+
+
+def _split(text):
+    """A DSML turn as pieces: every special token alone, the text between them cut in two."""
+    import re
+
+    from core.chat import SPECIAL_TOKENS
+    parts = re.split("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")", text)
+    out = []
+    for p in parts:
+        out += [p] if p in SPECIAL_TOKENS or len(p) < 2 else [p[:len(p) // 2], p[len(p) // 2:]]
+    return [p for p in out if p] + [END]
+
+
+def test_loop_and_verifier_agree_on_which_calls_count(tok):
+    """Calls written inside the reasoning never run in the loop and never count in the verifier; the calls the loop
+    ran are exactly the ones the verifier replays, and the verdicts follow."""
+    mode = "think_high"
+    s = gen_tasks("agent", "test", 1, 3)[0]
+    item = sorted(json.loads(s["initial_state"])["stock"])[0]
+    n0 = json.loads(s["initial_state"])["stock"][item]
+    row = {**s, "answer": str(n0 + 2), "reference_state": json.dumps(
+        {**json.loads(s["initial_state"]), "stock": {**json.loads(s["initial_state"])["stock"], item: n0 + 2}},
+        sort_keys=True)}
+    in_reasoning = format_tool_call("add_stock", {"item": item, "qty": 50})
+    scripts = [[
+        _split("Maybe " + in_reasoning + " no.</think>\n\n" + format_tool_call("add_stock", {"item": item, "qty": 2})),
+        _split("Look " + in_reasoning + "</think>\n\n" + format_tool_call("get_stock", {"item": item})),
+        _split(f"ok</think>There are {n0 + 2}."),
+    ]]
+    prompts = _prompts(tok, [row], [mode])
+    ep = run_episodes(ScriptedEngine(tok, prompts, scripts), tok, prompts, [row], mode,
+                      SamplingParams(temperature=1.0, max_tokens=200))[0]
+    assert ep.finish_reason == "stop" and ep.calls == [
+        [{"name": "add_stock", "arguments": {"item": item, "qty": 2}}],
+        [{"name": "get_stock", "arguments": {"item": item}}], []]
+    text = transcript(tok, ep)
+    assert f"<tool_result>ok: {item} stock is {n0 + 2}</tool_result>" in text     # the 50 never ran
+    v = score_local("agent", text, row, mode)
+    assert v.score == 1.0 and v.details["tool_turns"] == 2, v.details
+
+
+def test_scripted_episode_per_environment(tok):
+    """One episode per environment through run_episodes, each judged 1 by the verifier: inventory (two calls in
+    one turn, then an answer), BFCL (the episode ends at the turn of calls: one engine call), python (run_python,
+    then the final code)."""
+    from rewards.sandbox import sandbox_status
+
+    inv = [s for s in gen_tasks("agent", "train", 40, 5) if json.loads(s["reference_rounds"]) == [2]][0]
+    funcs = [{"name": "calc_area", "parameters": {"type": "dict", "properties": {"base": {"type": "integer"}},
+                                                  "required": ["base"]}}]
+    bfcl = bfcl_row("Area for base 10?", funcs, [{"calc_area": {"base": [10]}}])
+    code = gen_tasks("code", "train", 1, 0)[0]
+    py = python_row(code)
+    head = code["prompt"].split("\n", 1)[0]
+    solution = f"{head}\n{code['canonical_solution']}"
+    inv_calls = json.loads(inv["reference_actions"])
+    scripts = [
+        [_split("\n\n" + format_tool_calls(inv_calls)), _split(f"Done. The answer is {inv['answer']}." if inv["answer"]
+                                                               else "Done.")],
+        [_split("\n\n" + format_tool_call("calc_area", {"base": 10}))],
+        [_split("\n\n" + format_tool_call("run_python", {"code": solution + "\nprint('ran')"})),
+         _split(f"```python\n{solution}```")],
+    ]
+    rows = [inv, bfcl, py]
+    if sandbox_status() == "unavailable":
+        rows, scripts = rows[:2], scripts[:2]
+    mode = "non_think"
+    prompts = _prompts(tok, rows, [mode] * len(rows))
+    engine = ScriptedEngine(tok, prompts, scripts)
+    eps = run_episodes(engine, tok, prompts, rows, mode, SamplingParams(temperature=1.0, max_tokens=400))
+    assert [e.finish_reason for e in eps] == ["stop", "tool_calls", "stop"][:len(rows)]
+    assert [e.turns for e in eps] == [2, 1, 2][:len(rows)]
+    assert eps[0].calls[0] == [{"name": c["name"], "arguments": c["arguments"]} for c in inv_calls]
+    assert transcript(tok, eps[0]).count("<tool_result>") == 2
+    for e, row in zip(eps, rows):
+        v = score_local("agent", transcript(tok, e), row, mode)
+        assert v.score == 1.0, (row["env"], v.details)
+    if len(rows) == 3:
+        assert "<tool_result>status: ok\nstdout:\nran\n</tool_result>" in transcript(tok, eps[2])
+
+
+def test_run_episodes_checks_lengths(tok):
+    with pytest.raises(ValueError):
+        run_episodes(None, tok, [[1]], [], "non_think", SamplingParams(max_tokens=4))
