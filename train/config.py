@@ -89,16 +89,33 @@ class ModelConfig(Strict):
 
 
 # -------------------------------------------------------------------------------------------------------- tasks
+TaskFormat = Literal["auto", "generated", "messages", "prompt_completion", "prompt_only"]
+SFTModes = Literal["by_reasoning", "all"]
+
+
 class TaskSource(Strict):
-    """Where a domain's tasks come from: the built-in generator, or any `datasets`-loadable source."""
+    """Where a domain's tasks come from: the built-in generator, or any `datasets`-loadable source (docs/data.md)."""
     source: str = "generated"           # "generated", a dataset name/folder, or a loader such as "json"
     data_files: str | None = None       # for loaders such as json/csv/parquet
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str = "train"          # datasets split syntax, e.g. train[32:]
+    eval_split: str = "test"            # e.g. train[:32] when one file holds both
+    format: TaskFormat = "auto"         # TRL's dataset format; auto: the generator, or per row from its columns
+    sft_modes: SFTModes = "by_reasoning"  # rows with reasoning train think modes, without non_think; all: every mode
     fields: dict[str, str] = {}         # our field name -> the source's column name
     params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
     n_train: int = Field(2000, ge=1)
     n_eval: int = Field(32, ge=1)       # held-out prompts per mode
+
+    @model_validator(mode="after")
+    def _format_fits_source(self):
+        generated = self.source == "generated"
+        if generated and self.format not in ("auto", "generated"):
+            raise ValueError(f"format: {self.format} reads a datasets source; source is generated")
+        if not generated and self.format == "generated":
+            raise ValueError(f"format: generated needs source: generated (source is {self.source!r})")
+        if generated and "sft_modes" in self.model_fields_set and self.sft_modes != "by_reasoning":
+            raise ValueError("sft_modes: applies to datasets rows; generated tasks train every mode")
+        return self
 
 
 def check_generator_params(tasks: dict[str, TaskSource]) -> None:
@@ -115,6 +132,7 @@ class EvalConfig(Strict):
     """The held-out evaluation of every model (each stage evaluates its own model with it), and the ``eval`` stage:
     every model of the run on every domain x mode it is meant for (docs/results.md)."""
     models: list[str] | None = None         # stage ids the eval stage covers; default every model-producing stage
+    exclude: list[str] = []                 # stage ids left out of the default (e.g. bootstrap: random weights)
     n_eval: int | None = None               # held-out prompts per domain x mode (default: tasks.<domain>.n_eval)
     greedy: bool = True                     # also greedy numbers (*_greedy)
     pass_k: list[int] = [1, 4]
@@ -219,6 +237,10 @@ def _expand_eval(recipe, specs) -> list[StageSpec]:
                 raise ValueError(f"eval.models: stage eval depends on unknown stage {m!r} "
                                  f"(known: {', '.join(sorted(known))})")
         models = [s for s in models if s.id in set(cfg.models)]
+    for m in cfg.exclude:
+        if m not in {s.id for s in specs}:
+            raise ValueError(f"eval.exclude: no stage {m!r} in this recipe")
+    models = [s for s in models if s.id not in set(cfg.exclude)]
     conf = EvalStage(targets=[EvalTarget(id=s.id, cells=s.cells) for s in models],
                      heldout=held_out(recipe, workers=max(1, int(cfg.resources.num_cpus))))
     scored = sorted({d for s in models for d, _ in s.cells})

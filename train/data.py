@@ -1,6 +1,8 @@
 """Data for training stages: tokenized SFT demonstrations, padding into batches, and a resumable sampler."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,18 +19,29 @@ class Example:
 
 
 def sft_examples(tok, samples: list[dict], modes: list[str], max_len: int) -> list[Example]:
-    """Each sample's demonstration in every mode, tokenized segment by segment (assistant-only loss mask)."""
+    """Each sample's demonstration in the modes it trains, tokenized segment by segment (assistant-only loss
+    mask): a generated task's demonstration in every mode; a `datasets` row's conversation (``example``, TRL's
+    formats, read by ``train.datasets``) in the modes its reasoning decides (docs/data.md)."""
+    rows = [s for s in samples if "example" in s]
+    convs = [(mode, msgs) for s in samples if "example" not in s for mode in modes
+             for msgs in [_generated(s, mode)]]
+    if rows:
+        from train.datasets import sft_conversations
+
+        convs += sft_conversations(rows, modes)
     out = []
-    for s in samples:
-        sys = system_message(s["domain"])
-        for mode in modes:
-            msgs = ([{"role": "system", "content": sys}] if sys else []) + demonstration(s, mode)
-            ids, mask = encode_conversation(tok, msgs, mode)
-            if len(ids) > max_len:  # keep the start (the prompt) and cut the tail; the cut tokens get no loss
-                ids, mask = ids[:max_len], mask[:max_len]
-            if sum(mask):
-                out.append(Example(ids, mask, mode))
+    for mode, msgs in convs:
+        ids, mask = encode_conversation(tok, msgs, mode)
+        if len(ids) > max_len:  # keep the start (the prompt) and cut the tail; the cut tokens get no loss
+            ids, mask = ids[:max_len], mask[:max_len]
+        if sum(mask):
+            out.append(Example(ids, mask, mode))
     return out
+
+
+def _generated(s: dict, mode: str) -> list[dict]:
+    sys = system_message(s["domain"])
+    return ([{"role": "system", "content": sys}] if sys else []) + demonstration(s, mode)
 
 
 def collate(examples: list[Example], pad_id: int, device: torch.device | str | None = None) -> dict:
@@ -47,15 +60,27 @@ def collate(examples: list[Example], pad_id: int, device: torch.device | str | N
 
 
 def to_device(batch, device):
-    """Every tensor of a (nested) batch on ``device`` (None: left where it is)."""
+    """Every tensor of a (nested) batch on ``device`` (None: left where it is), through dicts, lists, tuples,
+    namedtuples and dataclasses (copied, never modified in place); anything else is returned as is. Copies to an
+    accelerator are non-blocking; copies to the CPU are not (the caller reads them next)."""
     if device is None:
         return batch
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, non_blocking=torch.device(device).type != "cpu")
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return type(batch)((k, to_device(v, device)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        new = copy.copy(batch)
+        for f in dataclasses.fields(batch):
+            v = getattr(batch, f.name)
+            moved = to_device(v, device)
+            if moved is not v:
+                object.__setattr__(new, f.name, moved)
+        return new
     return batch
 
 

@@ -102,31 +102,20 @@ Generator = Callable[[random.Random], dict]
 
 
 def load_tasks(domain: str, split: str, n: int, seed: int = 0, source: dict | None = None) -> list[dict]:
-    """Tasks of ``domain`` from the recipe's source: the built-in generator, or any `datasets`-loadable source
-    whose columns are mapped to our fields by ``source["fields"]`` (our name -> column)."""
+    """Tasks of ``domain`` from the recipe's source (a ``TaskSource`` dump): the built-in generator, or any
+    `datasets`-loadable source read by :func:`rewards.tasks.rows.load_rows` -- TRL's formats (``messages``,
+    ``prompt_completion``, ``prompt_only``), columns renamed by ``fields`` (our name -> column), each row validated
+    with its domain's verifier spec; a bad row is a one-line ``ValueError`` naming the source, the row and the field
+    (docs/data.md)."""
     source = source or {}
+    fmt = source.get("format") or "auto"
     if source.get("source", "generated") == "generated":
+        if fmt not in ("auto", "generated"):
+            raise ValueError(f"tasks.{domain}.format: {fmt!r} reads a datasets source; the generated source has "
+                             f"format generated (or auto)")
         return generate(domain, split, n, seed, source.get("params"))
-    import datasets
+    if fmt == "generated":
+        raise ValueError(f"tasks.{domain}.format: generated needs source: generated, got {source['source']!r}")
+    from .rows import load_rows
 
-    split_name = source.get("train_split", "train") if split == "train" else source.get("eval_split", "test")
-    kw = {"data_files": source["data_files"]} if source.get("data_files") else {}
-    try:
-        ds = datasets.load_dataset(source["source"], split=split_name, **kw)
-    except Exception as e:  # noqa: BLE001 — report which source failed, in one line
-        raise ValueError(f"tasks.{domain}: cannot load {source['source']!r} split {split_name!r}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    fields = source.get("fields", {})
-    out = []
-    for i, row in enumerate(ds.select(range(min(n, len(ds))))):
-        s = dict(row)
-        for ours, theirs in fields.items():
-            if theirs not in s:
-                raise ValueError(f"tasks.{domain}.fields.{ours}: column {theirs!r} not in {sorted(row)}")
-            s[ours] = s[theirs]
-        if "prompt" not in s:
-            s["prompt"] = s.get("question") or s.get("instruction") or ""
-        s.setdefault("id", f"{domain}/{split}/{i}")
-        s["domain"] = domain
-        out.append(s)
-    return out
+    return load_rows(domain, split, n, source)
