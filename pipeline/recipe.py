@@ -134,13 +134,41 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe_data(path: str | Path, _chain: tuple = ()) -> dict:
+    """The recipe file's mapping with its ``extends: <recipe file>`` resolved: the base recipe (a path relative to
+    this file; it may extend another) with this file's keys merged over it, mapping by mapping. A recipe that adds
+    stages to another (recipes/ablations.yaml adds the controls to think_max) thus keeps the other's stages exactly,
+    and their stage hashes with them."""
+    path = Path(path)
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: extends: a recipe file path (relative to this file), got {base!r}")
+    target = (path.parent / base).resolve()
+    if target in _chain or target == path.resolve():
+        raise RecipeError(f"{path}: extends: {base} extends itself (through {len(_chain)} other recipe(s))")
+    if not target.exists():
+        raise RecipeError(f"{path}: extends: no such recipe file {base!r} (looked for {target})")
+    return _merge(read_recipe_data(target, (*_chain, path.resolve())), data)
+
+
 def load_recipe(path: str | Path, overrides: list[str] = (), check: bool = True) -> Recipe:
     return load_with_graph(path, overrides, check)[0]
 
 
 def load_with_graph(path: str | Path, overrides: list[str] = (), check: bool = True, cluster: dict | None = None):
     """(recipe, its stage graph): the graph is built once and shared by everything a command does."""
-    data = read_yaml(path)
+    data = read_recipe_data(path)
     for a in overrides:
         _apply_set(data, a)
     try:

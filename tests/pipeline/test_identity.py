@@ -108,3 +108,39 @@ def test_a_run_time_refusal_is_a_validation_error(tmp_path):
     r.write_text(yaml.safe_dump({"name": "r", "domains": ["math"], "eval": {"samples": 2, "pass_k": [4]}}))
     with pytest.raises(RecipeError, match="eval.pass_k: pass@4 needs at least 4 samples"):
         load_recipe(r)
+
+
+def test_ablations_keep_every_think_max_stage_and_add_the_controls():
+    """recipes/ablations.yaml extends think_max: run into the same run directory, it re-runs nothing of think_max
+    (every shared stage has the same hash) but the eval stage, which now also covers the controls."""
+    base, abl = _hashes(THINK_MAX), _hashes(ROOT / "recipes" / "ablations.yaml")
+    shared = set(base) - {"eval"}
+    assert {k for k in shared if base[k] != abl.get(k)} == set()
+    added = set(abl) - set(base)
+    assert "control.seqkd" in added
+    assert {k for k in added if k.startswith("control.entropy.")} == {
+        f"control.entropy.{s[len('grpo.'):]}" for s in base if s.startswith("grpo.")}
+    graph = {s.id: s for s in build_graph(load_recipe(ROOT / "recipes" / "ablations.yaml", check=False), check=False)}
+    assert added <= set(graph["eval"].deps) and "bootstrap" not in graph["eval"].deps
+
+
+def test_extends_merges_mappings_and_refuses_bad_bases(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nseed: 3\nsft: {steps: 5, batch_size: 4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nsft: {steps: 7}\n")
+    r = load_recipe(tmp_path / "child.yaml", check=False)
+    assert (r.name, r.seed, r.sft.steps, r.sft.batch_size) == ("base", 3, 7, 4)
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(RecipeError, match="extends itself"):
+        load_recipe(tmp_path / "loop.yaml", check=False)
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(RecipeError, match=r"orphan.yaml: extends: no such recipe file 'nowhere.yaml'"):
+        load_recipe(tmp_path / "orphan.yaml", check=False)
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\nsft: {stepz: 7}\n")
+    with pytest.raises(RecipeError, match="unknown key 'sft.stepz'"):
+        load_recipe(tmp_path / "typo.yaml", check=False)
+
+
+def test_eval_exclude_names_a_stage():
+    with pytest.raises(RecipeError, match="eval.exclude: no stage 'bootstrapp'"):
+        build_graph(load_recipe(THINK_MAX, ["eval.exclude=[bootstrapp]"], check=False), check=False)
