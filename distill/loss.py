@@ -91,9 +91,11 @@ def student_hidden(model, mb: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]
     return h_N_H.to(head_V_H.dtype), head_V_H
 
 
-def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, temperature: float, stats: dict,
+def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, temperature: float,
                  fused: bool = True):
-    """A ``Learner.step`` loss function; per-teacher KL sums and token counts are added to ``stats``.
+    """A ``Learner.step`` loss function. Per teacher it reports ``kl_w.<name>`` and ``n_w.<name>`` -- the micro-batch's
+    KL sum and token count, divided by its weight -- which ``Learner.step`` turns into Σ/W over the step (on every
+    rank alike), so ``kl_means`` gives each teacher's mean KL per token.
 
     ``fused`` (default): ``fused_reverse_kl_loss`` -- gradients computed during the forward, 4 head matmuls per
     chunk; otherwise ``reverse_kl_per_token`` (its backward recomputes the chunk logits: 6)."""
@@ -101,6 +103,7 @@ def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, 
     def loss_fn(model, mb: DistillBatch):
         h_N_H, head_V_H = student_hidden(model, mb)
         total = h_N_H.new_zeros(())
+        stats = {}
         for name, t in mb.teachers.items():
             rows = h_N_H.index_select(0, t.rows_Nt)
             w = t.w_Nt.to(h_N_H.dtype)
@@ -119,12 +122,15 @@ def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, 
                     kl = reverse_kl_per_token(rows, head_V_H, t.payload_Nt_X, heads[name], chunk_size, temperature)
                 total = total + (kl * w).sum()
                 kl_detached = float(kl.detach().sum())
-            stats[f"kl.{name}"] = stats.get(f"kl.{name}", 0.0) + kl_detached
-            stats[f"n.{name}"] = stats.get(f"n.{name}", 0) + int(t.rows_Nt.numel())
-        return total, {}
+            w_mb = max(mb.weight, 1e-9)
+            stats[f"kl_w.{name}"] = kl_detached / w_mb
+            stats[f"n_w.{name}"] = int(t.rows_Nt.numel()) / w_mb
+        return total, stats
 
     return loss_fn
 
 
-def kl_means(stats: dict) -> dict[str, float]:
-    return {k: v / max(stats[f"n.{k[3:]}"], 1) for k, v in stats.items() if k.startswith("kl.")}
+def kl_means(metrics: dict) -> dict[str, float]:
+    """``kl.<teacher>``: mean KL per token graded by that teacher, from a step's ``kl_w``/``n_w`` metrics."""
+    return {f"kl.{k[5:]}": v / max(metrics.get(f"n_w.{k[5:]}", 0.0), 1e-12)
+            for k, v in metrics.items() if k.startswith("kl_w.")}

@@ -15,7 +15,7 @@ from rewards.tasks import load_tasks
 from rollout.engines import describe, folder_weights, rollout_engine
 from train.data import Example
 from train.evaluate import summary_of
-from train.learner import Learner
+from train.ranks import stage_learner
 from train.sft import sft_loop
 
 from .rollouts import generate_trajectories
@@ -39,10 +39,11 @@ def run(ctx) -> dict:
     ctx.log.info(f"[control.seqkd] {len(examples)} teacher samples, {generated} teacher tokens (distill graded "
                  f"{budget})")
 
-    learner = Learner(init, cfg.learner, d.steps, seed=base.seed)
+    learner = stage_learner(ctx, init, cfg.learner, d.steps, seed=base.seed)
     sft_loop(ctx.train_loop(learner, d.steps, cfg.save_every, cfg.keep_checkpoints), learner, examples,
              cfg.batch_size, base.seed, tok.pad_token_id)
     ctx.publish(learner.save_pretrained, tok)
+    learner.close()
     del learner
     compute = {"teacher_tokens": generated, "student_tokens": sum(r["tokens"] for r in ctx.metrics.rows()),
                "samples": len(examples), "matched_to": "distill"}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from core.where import where
+
 ACTOR_OVERHEAD_BYTES = int(0.45 * 2**30)   # a Ray worker with torch + transformers imported (measured ~0.4 GiB)
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
 
@@ -79,8 +81,14 @@ class TeacherWorker:
     """One teacher model in its own process. Plain class; :class:`TeacherPool` wraps it with ``ray.remote``."""
 
     def __init__(self, folder: str, threads: int = 1, dtype: str = "float32"):
-        self.folder, self.threads, self.dtype = folder, threads, getattr(torch, dtype)
+        self.folder, self.threads = folder, threads
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"     # the GPU Ray gave this actor, if any
+        self.dtype = torch.bfloat16 if self.device == "cuda" else getattr(torch, dtype)
         self.model = None
+
+    def where(self) -> dict:
+        """Where this teacher runs (core.where: node, pid, the GPU ids Ray gave it, placement group)."""
+        return where()
 
     def load(self) -> int:
         """Load the model if not yet loaded; returns this process's peak RSS in bytes."""
@@ -88,12 +96,12 @@ class TeacherWorker:
             from transformers import AutoModelForCausalLM
 
             torch.set_num_threads(max(1, self.threads))
-            self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=self.dtype).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=self.dtype).to(self.device).eval()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def head(self) -> torch.Tensor:
         self.load()
-        return self.model.get_output_embeddings().weight.detach().clone()
+        return self.model.get_output_embeddings().weight.detach().float().cpu().clone()
 
     @torch.no_grad()
     def forward(self, seqs: list[list[int]], positions: list[list[int]], payload: str = "hidden",
@@ -106,18 +114,18 @@ class TeacherWorker:
         for s in range(0, len(seqs), batch):
             chunk, pos = seqs[s:s + batch], positions[s:s + batch]
             T = max(len(x) for x in chunk)
-            ids = torch.zeros(len(chunk), T, dtype=torch.long)
-            attn = torch.zeros(len(chunk), T, dtype=torch.long)
+            ids = torch.zeros(len(chunk), T, dtype=torch.long, device=self.device)
+            attn = torch.zeros(len(chunk), T, dtype=torch.long, device=self.device)
             for i, x in enumerate(chunk):
                 ids[i, :len(x)] = torch.tensor(x)
                 attn[i, :len(x)] = 1
             h = base(input_ids=ids, attention_mask=attn).last_hidden_state
             for i, p in enumerate(pos):
-                rows = h[i, torch.tensor(p, dtype=torch.long)]
+                rows = h[i, torch.tensor(p, dtype=torch.long, device=self.device)]
                 if payload == "logits":
-                    out.append(self.model.get_output_embeddings()(rows).float())
+                    out.append(self.model.get_output_embeddings()(rows).float().cpu())
                 else:
-                    out.append(rows.to(torch.bfloat16))
+                    out.append(rows.to(torch.bfloat16).cpu())
         return out
 
 
@@ -126,7 +134,9 @@ class TeacherPool:
     """Lazily started teacher actors, least-recently-used evicted to stay within ``budget_gb``."""
 
     def __init__(self, teachers: dict, budget_gb: float, threads: int = 1, num_cpus: float = 0,
-                 payload: str = "hidden", dtype: str = "float32"):
+                 payload: str = "hidden", dtype: str = "float32", placement: dict | None = None):
+        """``placement``: ``{"pg", "bundles", "num_gpus"}`` -- the stage's placement group, the bundle of each
+        teacher (in the order of ``teachers``) and the GPU share each teacher actor asks of it."""
         import ray
 
         self.ray = ray
@@ -134,6 +144,8 @@ class TeacherPool:
         self.budget = int(budget_gb * 2**30)
         self.threads, self.payload, self.dtype = threads, payload, dtype
         self.remote_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(TeacherWorker)
+        self.placement = placement
+        self.order = {name: i for i, name in enumerate(teachers)}
         self.actors: OrderedDict[str, object] = OrderedDict()   # LRU order: oldest first
         self.rss: dict[str, int] = {}
         self.heads: dict[str, torch.Tensor] = {}
@@ -162,12 +174,28 @@ class TeacherPool:
             self.rss.pop(old, None)
             self.evictions += 1
         t = time.perf_counter()
-        started = {n: self.remote_cls.remote(self.teachers[n].folder, self.threads, self.dtype) for n in names}
+        started = {}
+        for n in names:
+            opts = self._options(n)
+            cls = self.remote_cls.options(**opts) if opts else self.remote_cls
+            started[n] = cls.remote(self.teachers[n].folder, self.threads, self.dtype)
         for n, rss in zip(started, self.ray.get([a.load.remote() for a in started.values()])):
             self.rss[n] = rss
             self.actors[n] = started[n]
         self.load_s += time.perf_counter() - t
         self.loads += len(names)
+
+    def _options(self, name: str) -> dict:
+        """Ray options of a teacher actor: its bundle of the stage's placement group, its GPU share."""
+        if not self.placement:
+            return {}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundles = self.placement["bundles"]
+        b = bundles[self.order[name] % len(bundles)] if bundles else 0
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement["pg"],
+                                                                        placement_group_bundle_index=b),
+                "num_gpus": self.placement.get("num_gpus") or 0}
 
     def _batch_to_start(self, names: list[str]) -> list[str]:
         """The longest prefix of the missing ``names`` whose estimated memory fits the budget next to the

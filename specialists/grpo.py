@@ -18,7 +18,7 @@ from rewards.tasks import load_tasks
 from rollout.engine import SamplingParams
 from rollout.engines import describe, rollout_engine
 from train.evaluate import summary_of
-from train.learner import Learner
+from train.ranks import stage_learner
 
 from .algos import ADVANTAGES, LOSS_AGGREGATIONS, asymmetric, entropy, masked_logprobs, policy_loss, token_entropy
 from .rollouts import GRPOBatch, Rollouts, collect, to_minibatches
@@ -33,11 +33,12 @@ def run(ctx) -> dict:
     init = ctx.dep(g.init_from)
     tok = AutoTokenizer.from_pretrained(str(init))
     train = load_tasks(cfg.domain, "train", cfg.task.n_train, cfg.seed, cfg.task.model_dump())
-    learner = Learner(init, cfg.learner, g.steps * g.ppo_epochs * g.minibatches, seed=cfg.seed)
-    ref = reference_model(init, learner.device) if g.kl_coef > 0 else None
-    routes = RouteReplay(learner.unwrapped) if g.keep_routing else None
-    engine = rollout_engine(g.engine, init, tok, ctx.services.get("fleet"), ctx.stage_id, learner.device)
+    device = "cuda" if torch.cuda.is_available() else "cpu"    # rank 0's device: the stage's first GPU, or the CPU
+    ref = reference_model(init, device) if g.kl_coef > 0 else None       # both before the learner: under ZeRO-3
+    engine = rollout_engine(g.engine, init, tok, ctx.services.get("fleet"), ctx.stage_id, device)  # (partitioned)
     ctx.manifest.update(rollout={**describe(engine), "qat": cfg.learner.qat})
+    learner = stage_learner(ctx, init, cfg.learner, g.steps * g.ppo_epochs * g.minibatches, seed=cfg.seed)
+    routes = RouteReplay.of(learner.unwrapped) if g.keep_routing else None
     loop = ctx.train_loop(learner, g.steps, g.save_every, g.keep_checkpoints, show=("reward", "accuracy"))
     engine.load_weights(learner.rollout_state_dict(engine.fp4))
     use_keep = g.keep_sampling_mask and s.truncating
@@ -55,7 +56,7 @@ def run(ctx) -> dict:
         adv = asymmetric(ADVANTAGES[g.advantage](reward_P_G), g.baseline_shift, g.negative_weight)
         mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device)
         mismatch = old_policy(learner, ref, routes, mbs, g, cfg.budget)   # π_old = engine; π_ref; the mismatch
-        loss_fn = make_loss_fn(g, routes, cfg.budget)
+        loss_fn = make_loss_fn(g, cfg.budget)
         results = [learner.step(loss_fn, [mb]) for _ in range(g.ppo_epochs) for mb in mbs]
         sync_s = engine.load_weights(learner.rollout_state_dict(engine.fp4))
         seen = (step + 1) * len(batch)
@@ -64,6 +65,7 @@ def run(ctx) -> dict:
                  samples_seen=seen)
     engine.close()
     ctx.publish(learner.save_pretrained, tok)
+    learner.close()
     del learner, ref
     rows = ctx.evaluate([(cfg.domain, cfg.mode)])
     return {"steps": g.steps, **summary_of(rows)}
@@ -84,42 +86,56 @@ def forward_logp(model, mb: GRPOBatch, temperature: float):
 def old_policy(learner, ref, routes, mbs: list[GRPOBatch], g, budget: int) -> dict:
     """π_old of this batch is the engine's sampling log-prob (DeepSeek-V3.2): the behaviour policy as it ran, FP4
     weights and all, so the off-policy sequence mask also catches train/inference mismatch. The learner's own
-    log-probs at the sampling weights (one no-grad forward, replaying the routes) measure that mismatch; π_ref fills
-    in for the KL term. Returns the mismatch metrics (KL(engine ‖ learner) by the k3 estimator on the sampled tokens,
-    mean |Δp| and |Δ log p|)."""
-    learner.model.eval()
-    t = g.sampling.temperature
+    log-probs at the sampling weights (a no-grad forward on every rank, replaying the engine's routes, or recording
+    the learner's own when the engine gave none) measure that mismatch; π_ref fills in for the KL term. Returns the
+    mismatch metrics (KL(engine ‖ learner) by the k3 estimator on the sampled tokens, mean |Δp| and |Δ log p|)."""
+    keep_routing = routes is not None and routes.active
+    outs = learner.map(own_logp_fn(g.sampling.temperature, keep_routing), mbs)
     kl = dprob = dlogp = n_tok = 0.0
-    for mb in mbs:
+    for mb, (own, rec) in zip(mbs, outs):
         mb.weight = float(LOSS_AGGREGATIONS[g.loss_agg](mb.mask_B_T, mb.mask_B_T, budget)[1])
         mb.old_logp_B_T = mb.engine_logp_B_T
-        if routes is not None and routes.active and mb.routes is None:   # no engine routes: keep the learner's own
-            with routes.record() as rec:
-                _, own = forward_logp(learner.model, mb, t)
+        if rec is not None:
             mb.routes = rec
-        elif mb.routes is not None:
-            with routes.replay(mb.routes):
-                _, own = forward_logp(learner.model, mb, t)
-        else:
-            _, own = forward_logp(learner.model, mb, t)
         if ref is not None:
-            _, mb.ref_logp_B_T = forward_logp(ref, mb, t)
+            _, mb.ref_logp_B_T = forward_logp(ref, mb, g.sampling.temperature)
         m = mb.mask_B_T
-        d = (own - mb.engine_logp_B_T) * m                # log π_learner − log π_engine on sampled tokens
+        d = (own.to(m.device) - mb.engine_logp_B_T) * m   # log π_learner − log π_engine on sampled tokens
         kl += float(((d.exp() - 1 - d) * m).sum())
-        dprob += float(((own.exp() - mb.engine_logp_B_T.exp()).abs() * m).sum())
+        dprob += float(((own.to(m.device).exp() - mb.engine_logp_B_T.exp()).abs() * m).sum())
         dlogp += float(d.abs().sum())
         n_tok += float(m.sum())
     n = max(n_tok, 1.0)
     return {"mismatch_kl": kl / n, "mismatch_abs_dprob": dprob / n, "mismatch": dlogp / n}
 
 
-def make_loss_fn(g, routes, budget: int):
+def own_logp_fn(temperature: float, keep_routing: bool):
+    """``fn(model, mb) -> (log π_θ, routes recorded or None)`` for ``learner.map`` (runs on every rank: it
+    captures nothing but numbers)."""
+
+    def fn(model, mb):
+        rr = RouteReplay.of(model) if keep_routing else None
+        if rr is not None and mb.routes is not None:
+            with rr.replay(mb.routes):
+                return forward_logp(model, mb, temperature)[1], None
+        if rr is not None:
+            with rr.record() as rec:
+                lp = forward_logp(model, mb, temperature)[1]
+            return lp, rec
+        return forward_logp(model, mb, temperature)[1], None
+
+    return fn
+
+
+def make_loss_fn(g, budget: int):
+    """The GRPO loss for ``learner.step`` (runs on every rank: each replays the routes on its own model)."""
     t = g.sampling.temperature
+    keep_routing = g.keep_routing
 
     def loss_fn(model, mb: GRPOBatch):
-        if mb.routes is not None:
-            with routes.replay(mb.routes):
+        rr = RouteReplay.of(model) if keep_routing and mb.routes is not None else None
+        if rr is not None:
+            with rr.replay(mb.routes):
                 logits, logp = forward_logp(model, mb, t)
         else:
             logits, logp = forward_logp(model, mb, t)

@@ -20,6 +20,7 @@ per-sequence layout with the MoE routers as layer axis; recording a transformers
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from functools import partial
 from typing import Callable, Sequence
@@ -31,6 +32,7 @@ from rollout.routes import capture as _capture_steps
 from .router_families import _LAYER, family_of, find_routers, verify_family
 
 Routes = list  # list[torch.Tensor], one [N, k] integer tensor per MoE router, see the module docstring
+_REPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> its RouteReplay (RouteReplay.of)
 
 
 # --------------------------------------------------------------------------------------------- route builders
@@ -122,6 +124,15 @@ class RouteReplay:
         if verify:
             for m, f in zip(self.routers, self.families):
                 verify_family(m, f)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "RouteReplay":
+        """The model's RouteReplay, built (and verified) once per model: loss functions running on every learner
+        rank call this with their own rank's model."""
+        rr = _REPLAYS.get(model)
+        if rr is None:
+            rr = _REPLAYS[model] = cls(model)
+        return rr
 
     @property
     def active(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from rewards.tasks import load_tasks
 from train.data import sft_examples
 from train.evaluate import summary_of
-from train.learner import Learner
+from train.ranks import stage_learner
 from train.sft import sft_loop
 
 
@@ -26,11 +26,12 @@ def run(ctx) -> dict:
     examples = sft_examples(tok, train, cfg.modes, sft.max_len)
     ctx.log.info(f"[{ctx.stage_id}] {len(examples)} examples from {len(train)} tasks x {len(cfg.modes)} modes")
 
-    learner = Learner(init, cfg.learner, sft.steps, seed=cfg.seed)
+    learner = stage_learner(ctx, init, cfg.learner, sft.steps, seed=cfg.seed)
     sft_loop(ctx.train_loop(learner, sft.steps, sft.save_every, sft.keep_checkpoints), learner, examples,
              sft.batch_size, cfg.seed, tok.pad_token_id)
 
     ctx.publish(learner.save_pretrained, tok)
+    learner.close()
     del learner
     rows = ctx.evaluate([(cfg.domain, m) for m in cfg.modes])
     final = ctx.metrics.rows()[-1]["loss"] if sft.steps else None

@@ -242,6 +242,17 @@ class Learner:
         finally:
             self.model.train(was_training)
 
+    def close(self) -> None:
+        """Nothing to release for one in-process rank (``LearnerGroup.close`` stops the others)."""
+
+    def on_ranks(self, fn: Callable, *args) -> list:
+        """``[fn(self, *args)]``: the one-rank form of ``LearnerGroup.on_ranks`` (per-rank setup)."""
+        return [fn(self, *args)]
+
+    @property
+    def ranks(self) -> int:
+        return self.accelerator.num_processes
+
     # ------------------------------------------------------------------------------------------------- weights
     @property
     def zero3(self) -> bool:

@@ -26,11 +26,14 @@ def sft_loop(loop, learner, examples: list, batch_size: int, seed: int, pad_id: 
     ``seed``, so a resumed stage continues with exactly the samples an uninterrupted one would see), one optimizer
     step of ``sft_loss``, its metrics logged and ``samples_seen`` checkpointed."""
     sampler = EpochSampler(len(examples), batch_size, seed)
+    ranks = getattr(learner, "ranks", 1)
     for step in loop:
         t0 = time.perf_counter()
-        mb = collate([examples[i] for i in sampler.batch(step)], pad_id, learner.device)
-        res = learner.step(sft_loss, [mb])
+        batch = [examples[i] for i in sampler.batch(step)]
+        # one micro-batch per rank (data parallel over the global batch); the step's loss is the same either way
+        mbs = [collate(batch[r::ranks], pad_id, learner.device) for r in range(min(ranks, len(batch)))]
+        res = learner.step(sft_loss, mbs)
         seen = (step + 1) * batch_size
+        tokens = sum(mb["weight"] for mb in mbs)
         loop.log({"samples_seen": seen}, loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **res.metrics,
-                 tokens=int(mb["weight"]), samples_seen=seen,
-                 tokens_per_s=mb["weight"] / max(time.perf_counter() - t0, 1e-9))
+                 tokens=int(tokens), samples_seen=seen, tokens_per_s=tokens / max(time.perf_counter() - t0, 1e-9))

@@ -85,8 +85,7 @@ def test_loss_is_weighted_full_vocab_reverse_kl(tiny_dir, fused):
     pay = {"A": [torch.randn(t.n_tokens, 48).bfloat16() for t in trajs],
            "B": [torch.randn(t.n_tokens, 32).bfloat16() for t in trajs]}
     [mb] = micro_batches(trajs, lambda t: route(table, "math", "think_max"), pay, pad_id=0)
-    stats = {}
-    loss, _ = make_loss_fn(heads, "hidden", 4, 1.0, stats, fused=fused)(model, mb)
+    loss, stats = make_loss_fn(heads, "hidden", 4, 1.0, fused=fused)(model, mb)
     loss.backward()
     assert model.get_output_embeddings().weight.grad is not None          # the student's head is trained too
     with torch.no_grad():                                                  # naive: full logits, plain autograd

@@ -84,16 +84,17 @@ def test_pi_old_is_the_engine_and_the_offpolicy_mask_is_applied(tmp_path, tiny_d
     real_to_mb = grpo.to_minibatches
     batches = []
     monkeypatch.setattr(grpo, "to_minibatches", lambda *a, **k: batches.extend(real_to_mb(*a, **k)) or batches[-2:])
-    rows = _run(_grpo(tmp_path, tiny_dir, "mask", steps=1, offpolicy_delta=0.0, learner={
+    rows = _run(_grpo(tmp_path, tiny_dir, "mask", steps=1, offpolicy_delta=0.0, ppo_epochs=3, learner={
         "optimizer": "adamw", "lr": 0.05, "warmup_steps": 0, "schedule": "constant"}))
-    assert len(seen) == 2 and len(batches) == 2
+    assert len(seen) == 6 and len(batches) == 2
+    batches = batches * 3                                     # epoch by epoch over the same two minibatches
     want = 0.0
     for (logp, old, adv, mask, delta), mb in zip(seen, batches):
         assert delta == 0.0
         assert old is mb.engine_logp_B_T                      # π_old: the engine's own sampling log-probs
         want += float((1 - offpolicy_sequence_mask(adv, old, logp, mask, delta)).sum())
     assert rows[0]["masked_seqs"] == want
-    assert want > 0                                           # the second minibatch moved off the sampler (lr 0.05)
+    assert want > 0                                           # later epochs moved off the sampler (lr 0.05)
 
 
 def test_keep_routing_replays_the_engines_experts_in_every_forward(tmp_path, tiny_dir, monkeypatch):
