@@ -46,6 +46,8 @@ class FleetConfig(Strict):
     #                                                              profiled within gpu_memory_utilization on GPU
     gpu_memory_utilization: float = operational(Field(0.9, gt=0, le=1))   # GPU only: vLLM's share of each GPU
     resources: EngineResources = operational(EngineResources())   # per engine, held for the whole run
+    weight_sync: Literal["collective", "object_store"] = operational("collective")   # collective: gloo/NCCL, per lease
+    sync_bucket_mb: float = operational(Field(64, gt=0))   # collective: MiB per broadcast bucket (per dtype)
 
 
 class Placement(Strict):

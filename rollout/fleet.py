@@ -19,25 +19,41 @@ FP4: ``fp4`` is a property of the fleet. On a GPU the engines serve the compress
 ``pipeline export --format mxfp4`` writes (the fleet starts them from such an export of the starting model, so the
 packed ``weight_packed``/``weight_scale`` names exist) and every weight push is packed; on CPU, where vLLM has no FP4
 kernels, they serve the exact MXFP4-dequantized values (``served`` in ``info`` says which).
+
+Weight sync (``FleetConfig.weight_sync``, ``sync_bucket_mb``; ``rollout/weight_sync.py``): ``collective`` (the
+default) forms, on the first ``load_weights`` of a lease, a two-rank group between the stage process (rank 0, the
+sender; it hosts the group's store) and the leased engine actor (rank 1), gloo on CPU and NCCL when both sides have
+a GPU, and broadcasts the state dict in dtype buckets of ``sync_bucket_mb``; the engine rebuilds it and reloads in
+place as the object-store path does. If the group cannot be formed (the engine on a node whose port is unreachable,
+a timeout, no NCCL) or a transfer fails, one line is logged and the lease uses the object store (``ray.put`` of the
+whole state dict) from then on; ``object_store`` forces that. The lease keeps the last weights it pushed (the
+collective path: the CPU copies of the buckets it sent; the object store path: the object), so a replaced engine gets
+them again, by whichever path works.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from .engine import Completion, SamplingParams
+from .weight_sync import DEFAULT_BUCKET_MB, FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, SyncError
+
+log = logging.getLogger(__name__)
 
 
 class Fleet:
     """Owns the engine actors; ``lease``/``release``/``replace``. Wrapped with ``ray.remote`` (threaded) by
     ``start_fleet``."""
 
-    def __init__(self, model_path: str, engines: int, engine_kwargs: dict, actor_options: dict):
+    def __init__(self, model_path: str, engines: int, engine_kwargs: dict, actor_options: dict, pg=None,
+                 sync: dict | None = None):
         import ray
 
         from .vllm_engine import _VLLMActor
 
-        self.model_path, self.engine_kwargs, self.actor_options = model_path, engine_kwargs, actor_options
+        self.model_path, self.engine_kwargs, self.actor_options, self.pg = model_path, engine_kwargs, actor_options, pg
+        self.sync = {"mode": "collective", "bucket_mb": DEFAULT_BUCKET_MB, **(sync or {})}   # handed to each lease
         self._cls = ray.remote(**actor_options)(_VLLMActor)
         self._cond = threading.Condition()
         self.engines: list = [None] * engines
@@ -45,12 +61,18 @@ class Fleet:
         self.starts = self.replacements = self.leases = 0
         self.startup_s: list[float] = []
         self.info: dict = {}
-        refs = [self._start() for _ in range(engines)]
+        refs = [self._start(i) for i in range(engines)]
         for i, (actor, info_ref) in enumerate(refs):
             self.engines[i] = self._ready(actor, info_ref)
 
-    def _start(self):
-        actor = self._cls.remote(self.model_path, **self.engine_kwargs)
+    def _start(self, index: int):
+        """Start engine ``index`` in its bundle of the fleet's placement group (when there is one)."""
+        opts = {}
+        if self.pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)
+        actor = self._cls.options(**opts).remote(self.model_path, **self.engine_kwargs)
         self.starts += 1
         return actor, actor.info.remote()
 
@@ -77,7 +99,7 @@ class Fleet:
             i = self.holder.index(None)
             self.holder[i] = who
             self.leases += 1
-            return i, self.engines[i], {**self.info, "index": i}
+            return i, self.engines[i], {**self.info, "index": i, "weight_sync": dict(self.sync)}
 
     def release(self, index: int) -> None:
         with self._cond:
@@ -92,22 +114,23 @@ class Fleet:
             ray.kill(self.engines[index])
         except Exception:  # noqa: BLE001 — it is dead already
             pass
-        self.engines[index] = self._ready(*self._start())
+        self.engines[index] = self._ready(*self._start(index))
         self.replacements += 1
         return self.engines[index]
 
     def stats(self) -> dict:
         return {"engines": len(self.engines), "starts": self.starts, "replacements": self.replacements,
                 "leases": self.leases, "startup_s": self.startup_s, "model": self.model_path,
-                "holders": list(self.holder), "served": self.info.get("served"),
+                "holders": list(self.holder), "served": self.info.get("served"), "weight_sync": dict(self.sync),
                 "actor_ids": [a._actor_id.hex() for a in self.engines]}
 
     def ping(self) -> bool:
         return True
 
 
-def start_fleet(model_path: str, cfg, max_model_len: int, seed: int, name: str | None = None):
-    """Start the fleet actor (and its engines) from ``model_path``; ``cfg`` is a ``rollout.config.FleetConfig``."""
+def start_fleet(model_path: str, cfg, max_model_len: int, seed: int, name: str | None = None, pg=None):
+    """Start the fleet actor (and its engines) from ``model_path``; ``cfg`` is a ``rollout.config.FleetConfig``;
+    ``pg``: the fleet's placement group (one bundle per engine: its tensor-parallel GPUs), held for the run."""
     import ray
 
     kwargs = dict(dtype=cfg.dtype or ("bfloat16" if cfg.resources.num_gpus else "float32"),
@@ -119,40 +142,70 @@ def start_fleet(model_path: str, cfg, max_model_len: int, seed: int, name: str |
     actor_options = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus or 0}
     fleet_cls = ray.remote(num_cpus=0, max_concurrency=64)(Fleet)
     opts = {"name": name} if name else {}
-    fleet = fleet_cls.options(**opts).remote(model_path, cfg.engines, kwargs, actor_options)
-    ray.get(fleet.ping.remote())
-    return fleet
+    sync = {"mode": cfg.weight_sync, "bucket_mb": cfg.sync_bucket_mb}
+    return fleet_cls.options(**opts).remote(model_path, cfg.engines, kwargs, actor_options, pg, sync)
 
 
 class LeasedEngine:
-    """An engine of the fleet, leased for as long as this object is open (``rollout.engine.Engine``)."""
+    """An engine of the fleet, leased for as long as this object is open (``rollout.engine.Engine``).
+
+    ``weight_sync`` / ``sync_bucket_mb``: override the fleet's (``FleetConfig``) for this lease; ``form_timeout_s``
+    bounds forming the collective group, ``sync_timeout_s`` one bucket's broadcast."""
 
     name = "vllm"
 
-    def __init__(self, fleet, who: str):
+    def __init__(self, fleet, who: str, weight_sync: str | None = None, sync_bucket_mb: float | None = None,
+                 form_timeout_s: float = FORM_TIMEOUT_S, sync_timeout_s: float = SYNC_TIMEOUT_S):
         import ray
 
         self.ray, self.fleet, self.who = ray, fleet, who
         self.index, self.actor, self.info = ray.get(fleet.lease.remote(who))
         self.fp4 = bool(self.info.get("fp4"))
         self.actor_id = self.actor._actor_id.hex()
-        self._last = None
+        sync = self.info.get("weight_sync") or {}
+        self.weight_sync = weight_sync or sync.get("mode", "collective")
+        if self.weight_sync not in SYNC_MODES:
+            raise ValueError(f"weight_sync must be one of {', '.join(SYNC_MODES)}, got {self.weight_sync!r}")
+        self.bucket_bytes = int(float(sync_bucket_mb or sync.get("bucket_mb", DEFAULT_BUCKET_MB)) * 2**20)
+        self.form_timeout_s, self.sync_timeout_s = form_timeout_s, sync_timeout_s
+        self.collective = self.weight_sync == "collective"   # False after a fallback: object store for the lease
+        self.fallback: str | None = None                       # why the lease fell back (one line)
+        self.last_sync: dict = {}                              # path, seconds, bytes of the last push
+        self._sender = None                                    # rollout.weight_sync.WeightSender once formed
+        self._last = None          # object-store path: the ObjectRef of the last weights
+        self._snapshot = None      # collective path: (plan, CPU copies of the buckets sent)
+        self._pending: list = []   # sync calls abandoned after a timeout
 
     def describe(self) -> dict:
         """What a stage's manifest records about its rollout path."""
         return {"engine": "vllm", "fleet_index": self.index, "actor": self.actor_id, "fp4": self.fp4,
                 "served": self.info.get("served"), "routed_experts": self.info.get("routed_experts", False),
-                "moe_layers": self.info.get("moe_layers", [])}
+                "moe_layers": self.info.get("moe_layers", []),
+                "weight_sync": "collective" if self.collective else "object_store",
+                **({"weight_sync_fallback": self.fallback} if self.fallback else {})}
 
     def _call(self, fn):
         try:
             return self.ray.get(fn(self.actor))
         except self.ray.exceptions.RayActorError:        # the engine died: a fresh one, our weights, once more
-            self.actor = self.ray.get(self.fleet.replace.remote(self.index))
-            self.actor_id = self.actor._actor_id.hex()
-            if self._last is not None:
-                self.ray.get(self.actor.load_weights.remote(self._last))
+            self._replace()
+            self._repush()
             return self.ray.get(fn(self.actor))
+
+    def _replace(self) -> None:
+        self._drop_group(tell_engine=False)
+        self.actor = self.ray.get(self.fleet.replace.remote(self.index))
+        self.actor_id = self.actor._actor_id.hex()
+
+    def _repush(self) -> None:
+        """The last weights again (into a replaced engine), by whichever path works."""
+        if self._snapshot is not None:
+            from .weight_sync import unflatten
+
+            plan, flats = self._snapshot
+            self._push(unflatten(plan, flats))
+        elif self._last is not None:
+            self.ray.get(self.actor.load_weights.remote(self._last))
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         outs = self._call(lambda a: a.generate.remote([list(p) for p in prompts], params))
@@ -163,13 +216,129 @@ class LeasedEngine:
         return outs
 
     def load_weights(self, state_dict: dict) -> float:
+        """Push ``state_dict`` into the engine (collective group, else the object store); returns seconds."""
         t = time.perf_counter()
-        sd = {k: v.detach().to("cpu", copy=False).contiguous() for k, v in state_dict.items()}
-        self._last = self.ray.put(sd)
-        self._call(lambda a: a.load_weights.remote(self._last))
-        return time.perf_counter() - t
+        sd = {k: v.detach() for k, v in state_dict.items()}
+        try:
+            self._push(sd)
+        except self.ray.exceptions.RayActorError:        # the engine died during the push: a fresh one, these weights
+            self._replace()
+            self._push(sd)
+        self.last_sync["s"] = time.perf_counter() - t
+        return self.last_sync["s"]
+
+    def _push(self, sd: dict) -> None:
+        if self.collective:
+            try:
+                self._push_collective(sd)
+                return
+            except SyncError as e:
+                self._fall_back(str(e))
+        self._push_object_store(sd)
+
+    def _push_object_store(self, sd: dict) -> None:
+        cpu = {k: v.to("cpu", copy=False).contiguous() for k, v in sd.items()}
+        self._last, self._snapshot = self.ray.put(cpu), None
+        self.ray.get(self.actor.load_weights.remote(self._last))
+        self.last_sync = {"path": "object_store", "bytes": sum(v.numel() * v.element_size() for v in cpu.values())}
+        self._collect_pending()
+
+    def _collect_pending(self) -> None:
+        """Consume the results of abandoned sync calls (the engine runs calls in order: they are done by now)."""
+        pending, self._pending = self._pending, []
+        for ref in pending:
+            try:
+                self.ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 -- their failure was handled (the fallback) when they were abandoned
+                pass
+
+    def _fall_back(self, why: str) -> None:
+        self._drop_group()
+        self.collective, self.fallback = False, why
+        log.warning(f"[{self.who}] weight sync: collective group unavailable, using the object store for this "
+                    f"lease: {why}")
+
+    # -------------------------------------------------------------------------------- the collective path
+    def _backend(self) -> str:
+        import torch
+        import torch.distributed as dist
+
+        engine_gpu = not self.info.get("on_cpu", True)
+        return "nccl" if engine_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+    def _form(self) -> None:
+        """Form the lease's group: open the store here, have the engine join (asynchronously), join ourselves."""
+        from ray.util import get_node_ip_address
+
+        from .weight_sync import WeightSender
+
+        sender = WeightSender(get_node_ip_address(), self._backend(), self.form_timeout_s, self.sync_timeout_s)
+        ref = self.actor.sync_join.remote(**sender.join_args())
+        try:
+            sender.connect()
+        except SyncError as ours:
+            try:
+                self._outcome(ref, self.form_timeout_s)   # the engine died (RayActorError), else its side's error
+            except SyncError as theirs:
+                raise SyncError(f"{ours}; the engine: {theirs}") from ours
+            raise
+        try:
+            self._outcome(ref, self.form_timeout_s)
+        except BaseException:
+            sender.close()
+            raise
+        self._sender = sender
+
+    def _outcome(self, ref, timeout_s: float):
+        """``ray.get(ref)``: a dead engine raises RayActorError; a transport failure on its side SyncError."""
+        try:
+            return self.ray.get(ref, timeout=timeout_s)
+        except self.ray.exceptions.RayActorError:
+            raise
+        except self.ray.exceptions.GetTimeoutError as e:
+            self._pending.append(ref)               # collected later: no "unhandled error" from Ray when it fails
+            raise SyncError(f"no answer within {timeout_s:g}s") from e
+        except self.ray.exceptions.RayTaskError as e:
+            if isinstance(e, SyncError):
+                raise SyncError(str(e).strip().splitlines()[-1]) from e
+            raise
+
+    def _push_collective(self, sd: dict) -> None:
+        from .weight_sync import plan_buckets
+
+        if self._sender is None:
+            self._form()
+        plan = plan_buckets(sd, self.bucket_bytes)
+        ref = self.actor.sync_receive.remote(plan)            # the engine posts its receives first
+        try:
+            flats = self._sender.send(plan, sd, keep=True)
+        except SyncError:
+            self._drop_group(tell_engine=False)               # the engine's receive fails at once, not at its timeout
+            self._outcome(ref, self.sync_timeout_s)           # a dead engine: RayActorError
+            raise
+        try:
+            info = self._outcome(ref, self.sync_timeout_s + 600)   # + the in-place reload
+        except SyncError:
+            self._drop_group(tell_engine=False)
+            raise
+        self._snapshot, self._last = (plan, flats), None
+        self.last_sync = {"path": "collective", "backend": self._sender.backend, "bytes": plan.nbytes,
+                          "buckets": len(plan.buckets), **info}
+
+    def _drop_group(self, tell_engine: bool = True) -> None:
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        if tell_engine:
+            try:
+                self.ray.get(self.actor.sync_close.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 -- the engine is gone or busy: its side times out on its own
+                pass
+        sender.close()
 
     def close(self) -> None:
+        self._drop_group()
+        self._collect_pending()
         if self.index is not None:
             self.ray.get(self.fleet.release.remote(self.index))
             self.index = None

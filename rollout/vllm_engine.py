@@ -151,9 +151,17 @@ class _VLLMActor:
         if self.return_routed_experts:
             # GPU: vLLM's own capture (Model Runner V2, prefix caching on); CPU: ours, no prefix caching (docstring)
             routes = {"enable_return_routed_experts": True} if self.routes_native else {"enable_prefix_caching": False}
+        # CPU: no chunked prefill. A prompt prefilled over several steps makes vLLM rewind its seeded generator
+        # (``gen.set_offset``), which a CPU torch.Generator does not have: "RuntimeError: CPU Generator does not use
+        # offset" on the first seeded request that is chunked (a long prompt, or many at once from several stages
+        # on one fleet engine). Whole prefills need a token budget of at least one full sequence.
+        sched = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(int(max_model_len), 4096)} \
+            if self.on_cpu else {}
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enforce_eager=enforce_eager, logprobs_mode="processed_logprobs", max_logprobs=max_logprobs,
-                       **memory, **routes, **extra)
+                       **memory, **routes, **{**sched, **extra})
+        self.scheduler = {k: getattr(self.llm.llm_engine.vllm_config.scheduler_config, k)
+                          for k in ("enable_chunked_prefill", "max_num_batched_tokens")}
         self.tokenizer = self.llm.get_tokenizer()
         self.kv_cache = self.llm.collective_rpc(_worker_kv_cache)[0]
         if self.return_routed_experts:
@@ -169,7 +177,8 @@ class _VLLMActor:
                   else "mxfp4a16-packed (compressed-tensors)")
         return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id,
                 "kv_cache": {"asked_bytes": self.kv_cache_bytes, **self.kv_cache}, "moe_layers": self.moe_layers,
-                "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts}
+                "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts,
+                "scheduler": self.scheduler}
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSP
@@ -249,6 +258,45 @@ class _VLLMActor:
             self.llm.collective_rpc(_worker_install_routes)      # the reload may rebuild the routers
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t
+
+    # ---------------------------------------------- weight sync through a collective group (rollout/weight_sync.py)
+    def sync_join(self, address: str, port: int, token: str, backend: str = "gloo", timeout_s: float = 30.0,
+                  sync_timeout_s: float = 300.0) -> dict:
+        """Join the client's weight-sync group as rank 1 (the client joins as rank 0 at the same time); replaces
+        the group of an earlier lease. Raises ``SyncError`` when the group cannot be formed."""
+        import ray
+
+        from .weight_sync import WeightReceiver
+
+        self.sync_close()
+        t = time.perf_counter()
+        self._sync_receiver = WeightReceiver(address, port, token, backend, timeout_s, sync_timeout_s,
+                                             own_address=ray.util.get_node_ip_address())
+        return {"backend": backend, "join_s": time.perf_counter() - t}
+
+    def sync_receive(self, plan, quantized: bool | None = None, fp4_patterns: Iterable[str] | None = None) -> dict:
+        """Receive the buckets of ``plan`` (a ``SyncPlan``; the client broadcasts them after this call started),
+        rebuild the state dict and reload it as ``load_weights`` does. A transport failure raises ``SyncError``
+        (and drops the group); a failing reload raises its own error."""
+        from .weight_sync import SyncError
+
+        receiver = getattr(self, "_sync_receiver", None)
+        if receiver is None:
+            raise SyncError("no weight-sync group on this engine (sync_join first)")
+        t = time.perf_counter()
+        try:
+            state_dict = receiver.receive(plan)
+        except SyncError:
+            self.sync_close()
+            raise
+        receive_s = time.perf_counter() - t
+        reload_s = self.load_weights(state_dict, quantized, fp4_patterns)
+        return {"receive_s": receive_s, "reload_s": reload_s}
+
+    def sync_close(self) -> None:
+        receiver, self._sync_receiver = getattr(self, "_sync_receiver", None), None
+        if receiver is not None:
+            receiver.close()
 
 
 class VLLMEngine:

@@ -1,5 +1,6 @@
 """Code that runs inside a vLLM worker (through ``LLM.collective_rpc``): the in-place weight reload, the KV cache
-report, and the CPU route capture for Keep Routing (rollout/vllm_engine.py explains each)."""
+report, the CPU route capture for Keep Routing (rollout/vllm_engine.py explains each), and the read-back of the
+weights the engine computes with (``_worker_read_weights``, for checking a weight sync)."""
 from __future__ import annotations
 
 import re
@@ -57,6 +58,86 @@ def _worker_reload(worker, weights: list[tuple[str, torch.Tensor]], reset_moe_ke
                 qm.moe_kernel = None
     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
     return len(weights)
+
+
+def _linear_weight(module) -> torch.Tensor:
+    """``[out, in]`` weight of a vLLM linear (or LM head) as its kernel computes: on CPU ``layer.weight`` is gone
+    after ``dispatch_cpu_unquantized_gemm`` (a packed oneDNN / sgl handle holds it), so the kernel is run on the
+    identity (``x = I`` gives ``W^T``, exact in float32); elsewhere the parameter is read."""
+    w = getattr(module, "weight", None)
+    if getattr(module, "cpu_linear", None) is None and w is not None and w.numel():
+        return w.detach().clone()
+    k = (getattr(module, "input_size_per_partition", None) or getattr(module, "input_size", None)
+         or getattr(module, "embedding_dim"))
+    dtype = w.dtype if w is not None else module.params_dtype
+    eye = torch.eye(int(k), dtype=dtype, device=w.device if w is not None else "cpu")
+    return module.quant_method.apply(module, eye, None).t().contiguous()
+
+
+def _unpack_cpu_moe(w: torch.Tensor, isa: str) -> torch.Tensor:
+    """Undo vLLM's CPU MoE prepack (``cpu_prepack_moe_weight``: a permutation of the elements within the tensor's
+    shape), found by prepacking the element indices (exact in float32 below 2^24 elements)."""
+    from vllm import _custom_ops as ops
+
+    n = w.numel()
+    if w.dtype != torch.float32 or n >= 2**24:
+        raise NotImplementedError(f"read-back of prepacked {w.dtype} MoE weights of {n} elements")
+    perm = ops.cpu_prepack_moe_weight(torch.arange(n, dtype=torch.float32).view(w.shape), isa).reshape(-1).long()
+    if not torch.equal(perm.sort().values, torch.arange(n)):
+        raise NotImplementedError(f"the CPU MoE prepack ({isa}) is not a permutation")
+    out = torch.empty(n, dtype=w.dtype)
+    out[perm] = w.detach().reshape(-1).to("cpu")
+    return out.view(w.shape)
+
+
+def _expert_weights(module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vLLM fused-MoE layer's ``(w13 [E, 2I, H], w2 [E, H, I])``: transformers-5's ``experts.gate_up_proj`` and
+    ``experts.down_proj`` (gate rows first in both), un-prepacked and un-padded on CPU."""
+    w13, w2 = module.w13_weight.detach(), module.w2_weight.detach()
+    kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+    experts = getattr(kernel, "fused_experts", None)
+    isa = getattr(experts, "isa", None)
+    if isa is not None and w13.device.type == "cpu" and not getattr(experts, "_use_zentorch", False):
+        w13, w2 = _unpack_cpu_moe(w13, isa), _unpack_cpu_moe(w2, isa)
+        inter = experts.moe_config.intermediate_size_per_partition
+        padded = w13.shape[1] // 2
+        if padded != inter:                            # _pad_moe_intermediate: zero rows / columns appended
+            w13 = torch.cat([w13[:, :inter], w13[:, padded:padded + inter]], dim=1)
+            w2 = w2[:, :, :inter]
+    return w13.clone(), w2.clone()
+
+
+def _worker_read_weights(worker) -> dict[str, torch.Tensor]:
+    """Runs inside the vLLM worker: the weights the engine computes with, under the learner's transformers-5 names
+    (fused ``qkv_proj`` / ``gate_up_proj`` split back through the model's ``packed_modules_mapping``, the fused-MoE
+    ``w13``/``w2`` as ``experts.gate_up_proj``/``down_proj``), on the CPU. Linears are read through their kernel
+    (``_linear_weight``), experts un-prepacked (``_expert_weights``), the rest (embeddings, norms) as parameters.
+    Tensor parallelism 1 only; biases are not read."""
+    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    model = worker.get_model()
+    packed = dict(getattr(model, "packed_modules_mapping", None) or {})
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (LinearBase, ParallelLMHead)):
+                w = _linear_weight(module)
+                base, _, leaf = name.rpartition(".")
+                parts = packed.get(leaf)
+                if parts and len(parts) > 1 and hasattr(module, "output_sizes"):
+                    for part, chunk in zip(parts, w.split(list(module.output_sizes))):
+                        out[f"{base}.{part}.weight" if base else f"{part}.weight"] = chunk.contiguous()
+                else:
+                    out[f"{name}.weight"] = w
+            elif hasattr(module, "w13_weight") and hasattr(module, "w2_weight"):
+                w13, w2 = _expert_weights(module)
+                prefix = name.removesuffix(".routed_experts")
+                out[f"{prefix}.gate_up_proj"], out[f"{prefix}.down_proj"] = w13, w2
+            else:
+                for pname, p in module.named_parameters(recurse=False):
+                    out[f"{name}.{pname}"] = p.detach().clone()
+    return {k: v.to("cpu") for k, v in out.items()}
 
 
 def _worker_kv_cache(worker) -> dict:

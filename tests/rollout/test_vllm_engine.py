@@ -161,6 +161,26 @@ def test_n_completions_and_throughput(setup):
 
 @pytest.mark.vllm
 @needs_vllm
+def test_seeded_requests_beyond_one_step_token_budget(setup):
+    """More prompt tokens than vLLM's CPU default budget of one step (4096): with chunked prefill the last prompt of
+    a step is split, vLLM rewinds its seeded generator and a CPU generator has no offset ("CPU Generator does not use
+    offset", seen on a fleet engine serving several stages). The engine turns chunked prefill off on CPU."""
+    model, tok, engine, prompts = setup
+    text = " ".join(TEXTS * 40)
+    long = [tok.encode(f"{i} {text}")[:440] for i in range(12)]
+    assert sum(map(len, long)) > 4096
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=5)
+    outs = engine.generate(long, params)
+    assert [len(comps) for comps in outs] == [2] * 12
+    assert all(len(c.token_ids) >= 1 for comps in outs for c in comps)
+    again = engine.generate(long, params)                            # seeded: reproducible
+    assert [[c.token_ids for c in comps] for comps in again] == [[c.token_ids for c in comps] for comps in outs]
+    assert engine.info["scheduler"]["enable_chunked_prefill"] is False
+    assert engine.info["scheduler"]["max_num_batched_tokens"] >= 512
+
+
+@pytest.mark.vllm
+@needs_vllm
 def test_stop_strings_and_finish_reasons(setup):
     model, tok, engine, prompts = setup
     greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_NEW))

@@ -1,0 +1,345 @@
+"""Weight sync learner -> rollout engine through a dedicated collective group, bucketed.
+
+A lease (``rollout.fleet.LeasedEngine``) forms a two-rank group between the stage process (rank 0: the sender, which
+hosts the group's ``TCPStore``) and its engine actor (rank 1: the receiver). The handshake goes through Ray: the
+client opens the store on a free port, calls the actor's ``sync_join`` (address, port, token) asynchronously and
+joins from its own side; both construct the backend at once (``connect``), then exchange one small check tensor.
+
+* The group never touches torch.distributed's default group (the learner's DeepSpeed / DDP group, or vLLM's own
+  world group inside the engine): the backend object (``ProcessGroupGloo`` on CPU, ``ProcessGroupNCCL`` on GPU, the
+  way vLLM's ``stateless_init_torch_distributed_process_group`` builds it) is made directly from a ``PrefixStore``
+  over the lease's own ``TCPStore`` and is only ever called directly (``backend.broadcast``), never through
+  ``torch.distributed.*`` functions, so ``init_process_group`` is neither needed nor affected.
+* A sync: ``plan_buckets`` groups the state dict by dtype into buckets of at most ``bucket_bytes`` (a tensor larger
+  than that gets a bucket of its own; tensors are never split); the ``SyncPlan`` (names, shapes, dtypes, offsets:
+  small) travels as the argument of the actor's ``sync_receive`` call, which the client issues first (asynchronously);
+  then the sender broadcasts each flattened bucket (as bytes, so every dtype goes the same way) while the receiver
+  posts the matching receives into fresh buffers and rebuilds the tensors as views of them (``unflatten``), in the
+  state dict's order. The engine then reloads them exactly as the object-store path does (checkpoint names, FP4
+  packing on GPU, vLLM's in-place reload).
+* Errors of the transport (the group cannot be formed, a broadcast fails or times out) are ``SyncError``; the client
+  then falls back to Ray's object store for the rest of the lease.
+
+Nothing here imports Ray or vLLM: the module is used on both sides and in the tests without either.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Mapping
+
+import torch
+
+SYNC_MODES = ("collective", "object_store")
+DEFAULT_BUCKET_MB = 64
+FORM_TIMEOUT_S = 30.0          # forming the group (store connect + backend rendezvous + check broadcast)
+SYNC_TIMEOUT_S = 300.0         # one bucket's broadcast
+_CHECK = 0x5EED5                # the formation's check value (rank 0 broadcasts it, rank 1 compares)
+
+
+class SyncError(RuntimeError):
+    """The collective transport failed (group not formed, broadcast failed or timed out): use the object store."""
+
+
+# --------------------------------------------------------------------------------------------------- the plan
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def to_dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dt
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """One tensor in a bucket: ``numel`` elements at element ``offset`` of the bucket's flat buffer."""
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Tensors of one dtype flattened back to back into one buffer of ``numel`` elements."""
+    dtype: str
+    numel: int
+    tensors: tuple[TensorMeta, ...]
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=to_dtype(self.dtype)).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What the receiver needs to rebuild the state dict: its names in order and the buckets. Small (no data)."""
+    names: tuple[str, ...]
+    buckets: tuple[Bucket, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
+
+
+def plan_buckets(tensors: Mapping[str, torch.Tensor], bucket_bytes: int) -> SyncPlan:
+    """Group ``tensors`` by dtype (in order of first appearance), then greedily into buckets of at most
+    ``bucket_bytes`` bytes, keeping the state dict's order within a dtype. A tensor larger than ``bucket_bytes``
+    gets a bucket of its own (tensors are never split)."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    by_dtype: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in tensors.items():
+        by_dtype.setdefault(dtype_name(t.dtype), []).append((name, t))
+    buckets: list[Bucket] = []
+    for dt, items in by_dtype.items():
+        size = torch.empty((), dtype=to_dtype(dt)).element_size()
+        cur: list[TensorMeta] = []
+        n = 0
+        for name, t in items:
+            k = t.numel()
+            if cur and (n + k) * size > bucket_bytes:
+                buckets.append(Bucket(dt, n, tuple(cur)))
+                cur, n = [], 0
+            cur.append(TensorMeta(name, tuple(t.shape), n, k))
+            n += k
+        if cur:
+            buckets.append(Bucket(dt, n, tuple(cur)))
+    return SyncPlan(tuple(tensors), tuple(buckets))
+
+
+def flatten_bucket(bucket: Bucket, tensors: Mapping[str, torch.Tensor],
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """The bucket's tensors, flattened into one new 1-D buffer of its dtype (a copy: later changes to ``tensors``
+    do not reach it) on ``device`` (default: the first tensor's)."""
+    dt = to_dtype(bucket.dtype)
+    parts = [tensors[m.name].detach().reshape(-1) for m in bucket.tensors]
+    if device is None:
+        device = parts[0].device if parts else "cpu"
+    device = torch.device(device)
+    for m, p in zip(bucket.tensors, parts):
+        if p.dtype != dt or p.numel() != m.numel:
+            raise ValueError(f"{m.name}: {p.dtype} x {p.numel()} does not match the plan ({dt} x {m.numel})")
+    if len({p.device for p in parts}) > 1:
+        parts = [p.to(device) for p in parts]
+    if not parts:
+        return torch.empty(0, dtype=dt, device=device)
+    flat = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+    return flat.to(device)
+
+
+def unflatten_bucket(bucket: Bucket, flat: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The bucket's tensors as views of ``flat`` (1-D, the bucket's dtype), with their shapes."""
+    if flat.dtype != to_dtype(bucket.dtype) or flat.numel() != bucket.numel:
+        raise ValueError(f"buffer {flat.dtype} x {flat.numel()} does not match the bucket "
+                         f"({bucket.dtype} x {bucket.numel})")
+    return [(m.name, flat[m.offset:m.offset + m.numel].view(m.shape)) for m in bucket.tensors]
+
+
+def unflatten(plan: SyncPlan, flats: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict again (views of ``flats``), in the plan's (the original) order."""
+    got: dict[str, torch.Tensor] = {}
+    for bucket, flat in zip(plan.buckets, flats, strict=True):
+        got.update(unflatten_bucket(bucket, flat))
+    return {name: got[name] for name in plan.names}
+
+
+def _as_bytes(flat: torch.Tensor) -> torch.Tensor:
+    """A 1-D buffer as uint8 (a view): every dtype travels the same way, on any backend."""
+    return flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
+
+
+# -------------------------------------------------------------------------------------------------- the group
+def _backend(store, rank: int, backend: str, own_address: str | None, timeout: timedelta):
+    """The backend object of a 2-rank group over ``store`` (a PrefixStore), made directly: no default group."""
+    import torch.distributed as dist
+
+    if backend == "gloo":
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=own_address) if own_address
+                         else dist.ProcessGroupGloo.create_default_device()]
+        return dist.ProcessGroupGloo(store, rank, 2, opts)
+    if backend == "nccl":
+        if not dist.is_nccl_available():
+            raise SyncError("backend nccl: this torch has no NCCL")
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        pg = dist.ProcessGroupNCCL(store, rank, 2, opts)
+        pg._set_sequence_number_for_group()
+        return pg
+    raise ValueError(f"unknown weight-sync backend {backend!r}; expected gloo or nccl")
+
+
+def _device_for(backend: str, device) -> torch.device:
+    if backend == "gloo":
+        return torch.device("cpu")
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+class _Side:
+    """What both ranks share: the backend, the broadcast, the check and the teardown."""
+
+    rank: int
+    backend: str
+    device: torch.device
+    form_timeout: timedelta          # the store, the backend's rendezvous, the check broadcast
+    timeout: timedelta               # each broadcast of a sync
+    pg = None
+    store = None
+
+    def _connect(self, prefix_store, own_address: str | None) -> None:
+        try:
+            self.pg = _backend(prefix_store, self.rank, self.backend, own_address, self.form_timeout)
+            check = torch.tensor([_CHECK if self.rank == 0 else 0], dtype=torch.int64, device=self.device)
+            self._broadcast(check, self.form_timeout).wait()   # the first collective: NCCL's communicator starts
+            if int(check.item()) != _CHECK:
+                raise SyncError(f"weight-sync group check failed: got {int(check.item())}")
+        except SyncError:
+            self.close()
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure to form the group means: no collective here
+            self.close()
+            raise SyncError(f"could not form the weight-sync group ({self.backend}): {type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]}") from e
+
+    def _broadcast(self, t: torch.Tensor, timeout: timedelta | None = None):
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank, opts.rootTensor, opts.timeout = 0, 0, timeout or self.timeout
+        return self.pg.broadcast([t], opts)
+
+    def close(self) -> None:
+        """Tear the group down (a peer blocked in a broadcast then fails at once instead of timing out)."""
+        pg, self.pg = self.pg, None
+        if pg is not None:
+            for stop in ("abort", "shutdown"):
+                fn = getattr(pg, stop, None)
+                if fn is None:
+                    continue
+                try:
+                    fn()
+                    break
+                except Exception:  # noqa: BLE001 -- best effort
+                    continue
+        self.store = None
+
+
+class WeightSender(_Side):
+    """Rank 0 (the stage process): hosts the group's store on a free port of ``address`` (an address of this node
+    the engine can reach: Ray's node IP), then ``connect()`` while the engine joins (see the module docstring)."""
+
+    rank = 0
+
+    def __init__(self, address: str, backend: str = "gloo", timeout_s: float = FORM_TIMEOUT_S,
+                 sync_timeout_s: float = SYNC_TIMEOUT_S, device=None):
+        import torch.distributed as dist
+
+        self.address, self.backend = address, backend
+        self.device = _device_for(backend, device)
+        self.form_timeout = timedelta(seconds=timeout_s)
+        self.timeout = timedelta(seconds=sync_timeout_s)
+        self.token = uuid.uuid4().hex
+        try:
+            self.store = dist.TCPStore(host_name=address, port=0, world_size=2, is_master=True,
+                                       timeout=self.form_timeout, wait_for_workers=False)
+        except Exception as e:  # noqa: BLE001
+            raise SyncError(f"could not open the weight-sync store on {address}: {type(e).__name__}: {e}") from e
+        self.port = int(self.store.port)
+
+    def join_args(self) -> dict:
+        """What the receiver needs to join (``WeightReceiver(**join_args, own_address=...)``)."""
+        return {"address": self.address, "port": self.port, "token": self.token, "backend": self.backend,
+                "timeout_s": self.form_timeout.total_seconds(), "sync_timeout_s": self.timeout.total_seconds()}
+
+    def connect(self) -> None:
+        """Blocks until the receiver has joined (or ``timeout_s``: ``SyncError``)."""
+        import torch.distributed as dist
+
+        self._connect(dist.PrefixStore(f"weight_sync/{self.token}/", self.store), self.address)
+
+    def send(self, plan: SyncPlan, tensors: Mapping[str, torch.Tensor], keep: bool = True,
+             window: int = 2) -> list[torch.Tensor] | None:
+        """Broadcast every bucket of ``plan`` from ``tensors``, flattened on this side's device, with ``window``
+        broadcasts in flight (flattening the next bucket overlaps the transfer of the previous one). ``keep``:
+        return the flat buckets on the CPU, a snapshot of what was sent (on the CPU backend the buffers themselves,
+        no extra copy; on a GPU each bucket is copied to the CPU once its broadcast is done, so at most ``window``
+        buckets are held on the GPU)."""
+        if self.pg is None:
+            raise SyncError("the weight-sync group is closed")
+        kept: list[torch.Tensor] = []
+        inflight: list[tuple[object, torch.Tensor]] = []
+
+        def done(work, flat) -> None:
+            if work is not None:
+                work.wait()
+            if keep:
+                kept.append(flat if flat.device.type == "cpu" else flat.to("cpu"))   # ordered after the broadcast
+
+        try:
+            for bucket in plan.buckets:
+                flat = flatten_bucket(bucket, tensors, self.device)
+                inflight.append((self._broadcast(_as_bytes(flat)) if flat.numel() else None, flat))
+                while len(inflight) >= window:
+                    done(*inflight.pop(0))
+            while inflight:
+                done(*inflight.pop(0))
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        except Exception as e:  # noqa: BLE001 -- the transport failed
+            raise SyncError(f"weight-sync broadcast failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") \
+                from e
+        return kept if keep else None
+
+
+class WeightReceiver(_Side):
+    """Rank 1 (the engine actor): joins the sender's store and group; ``receive(plan)`` rebuilds the state dict."""
+
+    rank = 1
+
+    def __init__(self, address: str, port: int, token: str, backend: str = "gloo",
+                 timeout_s: float = FORM_TIMEOUT_S, sync_timeout_s: float = SYNC_TIMEOUT_S,
+                 own_address: str | None = None, device=None):
+        import torch.distributed as dist
+
+        self.backend = backend
+        self.device = _device_for(backend, device)
+        self.form_timeout = timedelta(seconds=timeout_s)
+        self.timeout = timedelta(seconds=sync_timeout_s)
+        try:
+            self.store = dist.TCPStore(host_name=address, port=int(port), world_size=2, is_master=False,
+                                       timeout=self.form_timeout)
+        except Exception as e:  # noqa: BLE001 -- unreachable address / port, or a timeout
+            raise SyncError(f"could not reach the weight-sync store at {address}:{port}: {type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]}") from e
+        self._connect(dist.PrefixStore(f"weight_sync/{token}/", self.store), own_address)
+
+    def receive(self, plan: SyncPlan) -> dict[str, torch.Tensor]:
+        """Post a receive for every bucket (the sender broadcasts them in order), wait, rebuild the tensors. The
+        whole state dict is received before anything is reloaded, so a failed transfer leaves the engine's weights
+        as they were (and the fallback reloads them all); the cost is one copy of the weights on the receiving
+        device during a sync (an allocation failure is a ``SyncError`` too: the object store then carries them)."""
+        if self.pg is None:
+            raise SyncError("the weight-sync group is closed")
+        try:
+            flats = [torch.empty(b.numel, dtype=to_dtype(b.dtype), device=self.device) for b in plan.buckets]
+            works = [self._broadcast(_as_bytes(f)) for f in flats if f.numel()]
+            for w in works:
+                w.wait()
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+        except Exception as e:  # noqa: BLE001
+            raise SyncError(f"weight-sync receive failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") \
+                from e
+        return unflatten(plan, flats)
