@@ -2,7 +2,7 @@
 
     python bench/gpu_smoke.py learner|fp4|grpo [--device cuda|cpu] [--small]
 
-* ``learner``: the shared learner (specialists/learner.py) takes bf16 steps on a ~0.5B-parameter Qwen3 built from a
+* ``learner``: the shared learner (train/learner.py) takes bf16 steps on a ~0.5B-parameter Qwen3 built from a
   config (random weights, nothing downloaded); prints step time, tokens/s and peak memory.
 * ``fp4``: MXFP4 quantize / dequantize / fake-quant throughput (rollout/fp4.py) on a bf16 matrix, and the QAT
   overhead on a SwiGLU MLP forward+backward.

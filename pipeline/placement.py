@@ -46,6 +46,15 @@ class Layout:
         return out
 
 
+def gpu_ids(start: float, share: float) -> list[int]:
+    """Node-local GPU indices a bundle covers when bundles take ``share`` GPUs each in order from ``start`` (for
+    printing and memory accounting): whole GPUs, or the one GPU a fraction sits on (two 0.5 bundles: GPU 0)."""
+    if share <= 0:
+        return []
+    first = int(math.floor(start + 1e-9))
+    return list(range(first, max(first + 1, int(math.ceil(start + share - 1e-9)))))
+
+
 def learner_ranks(spec, workload) -> int:
     """``learner.ranks``, else the stage's GPUs for the learner (split: minus the teachers'), else 1."""
     explicit = getattr(workload.learner, "ranks", None) if workload.learner is not None else None
@@ -67,11 +76,12 @@ def stage_layout(spec, workload=None) -> Layout:
     """The bundles of one stage (see the module docstring). Raises ValueError when they cannot be formed."""
     w = workload if workload is not None else STAGE_KINDS[spec.kind].workload(spec)
     res = spec.resources
-    G, C = int(math.ceil(res.num_gpus)), float(res.num_cpus)
+    total = float(res.num_gpus)                  # may be a fraction of one GPU (Ray's fractional GPUs)
+    G, C = int(math.ceil(total)), float(res.num_cpus)
     strategy = w.placement.strategy if w.placement is not None else "-"
     if w.learner is None:                        # no training: the stage's task alone
-        b = {"CPU": C, **({"GPU": float(G)} if G else {})}
-        return Layout([b], [0], {"num_cpus": C, "num_gpus": float(G)}, gpus={0: list(range(G))}, strategy=strategy)
+        b = {"CPU": C, **({"GPU": total} if G else {})}
+        return Layout([b], [0], {"num_cpus": C, "num_gpus": total}, gpus={0: gpu_ids(0, total)}, strategy=strategy)
     tg = _teacher_gpus(spec, w)
     ranks = learner_ranks(spec, w)
     lg = G - tg
@@ -80,9 +90,9 @@ def stage_layout(spec, workload=None) -> Layout:
     if G and ranks > lg:
         raise ValueError(f"{spec.id}: learner.ranks {ranks} > the {lg} GPU(s) the stage gives its learner")
     cpus = C / ranks
-    per_rank_gpu = lg / ranks if G else 0.0
+    per_rank_gpu = (total - tg) / ranks if G else 0.0
     bundles = [{"CPU": cpus, **({"GPU": per_rank_gpu} if G else {})} for _ in range(ranks)]
-    gpus = {r: list(range(int(r * per_rank_gpu), int((r + 1) * per_rank_gpu))) for r in range(ranks)} if G else {}
+    gpus = {r: gpu_ids(r * per_rank_gpu, per_rank_gpu) for r in range(ranks)} if G else {}
     n_t = len(w.teachers)
     teacher_bundles, teacher_share, rank_gpu = [], 0.0, per_rank_gpu
     if G and n_t:
@@ -106,7 +116,6 @@ def fleet_layout(cfg) -> Layout:
     """One bundle per engine: its tensor-parallel GPUs (and CPUs), for the whole run."""
     r = cfg.resources
     b = {"CPU": max(float(r.num_cpus), 0.01), **({"GPU": float(r.num_gpus)} if r.num_gpus else {})}
-    gpus = {i: list(range(int(i * r.num_gpus), int((i + 1) * r.num_gpus))) for i in range(cfg.engines)} \
-        if r.num_gpus else {}
+    gpus = {i: gpu_ids(i * r.num_gpus, r.num_gpus) for i in range(cfg.engines)} if r.num_gpus else {}
     return Layout([dict(b) for _ in range(cfg.engines)], [], {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
                   gpus=gpus, strategy="fleet")

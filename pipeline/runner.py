@@ -18,11 +18,14 @@ from pathlib import Path
 import yaml
 
 from core.config import digest
+from core.errors import error_line
 from core.registry import STAGE_KINDS
 from core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
 
+from .cluster import check_shared_storage
 from .graph import StageSpec, ancestors, build_graph, config_hash, content_hash, dependants, fingerprints
 from .recipe import Recipe, RecipeError, cross_check
+from .schedule import fits, priorities
 
 
 PROMPT_ALLOWANCE = 512       # prompt tokens an engine's max_model_len allows for beside the largest mode budget
@@ -86,7 +89,7 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
                        deps={d: Path(run_dir) / d / "final" for d in spec.deps}, seed=run["seed"],
                        num_cpus=num_cpus, num_gpus=spec.resources.num_gpus, domain=spec.domain, mode=spec.mode,
                        driver=driver, logging=run["logging"], project=run["name"], evaluator=evaluator,
-                       services={"fleet": run.get("fleet")})
+                       services={"fleet": run.get("fleet"), "placement": run.get("placement")})
     ctx.check_driver()
     m = ctx.manifest.read()
     ctx.manifest.update(id=spec.id, kind=spec.kind, status="running", config_hash=hashes[0],
@@ -107,7 +110,7 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
         raise  # leave the manifest to whoever owns the run directory now
     except BaseException as e:
         ctx.log.error("".join(traceback.format_exception(e)))
-        ctx.manifest.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
+        ctx.manifest.update(status="failed", error=error_line(e),
                             finished=now())
         raise
     finally:
@@ -134,11 +137,21 @@ class Runner:
                 raise RecipeError(f"{flag} {i}: no such stage (stages: {', '.join(self.by_id)})")
 
     def select(self, only=(), from_=None) -> set[str]:
+        """The stages a run executes (when not up to date): ``--from`` a stage and everything downstream, ``--only``
+        the named stages, else all. Whatever they need that has never completed in this run directory runs first
+        (a fresh ``--only sft.math`` builds ``bootstrap``); a complete dependency is used as it is."""
         self._check_ids(only, "--only")
         if from_:
             self._check_ids([from_], "--from")
-            return dependants(self.graph, {from_})
-        return set(only) if only else set(self.by_id)
+            chosen = dependants(self.graph, {from_})
+        else:
+            chosen = set(only) if only else set(self.by_id)
+        missing = {d for d in ancestors(self.graph, chosen) - chosen
+                   if stage_status(self.run_dir, d).get("status") != "complete"}
+        if missing:
+            self.echo(f"[deps] also running {', '.join(s.id for s in self.graph if s.id in missing)}: needed by the "
+                      "selected stages and never completed here")
+        return chosen | missing
 
     def _outputs(self) -> dict[str, str]:
         return {s.id: stage_status(self.run_dir, s.id).get("output_hash") for s in self.graph}
@@ -160,24 +173,32 @@ class Runner:
             init = dict(include_dashboard=False, logging_level="warning", log_to_driver=True)
             if address:
                 ray.init(address=address, **init)
-                cross_check(self.recipe, self.recipe_path, cluster=ray.cluster_resources(), graph=self.graph)
             else:
                 ray.init(address="local", num_cpus=self.recipe.ray.num_cpus or os.cpu_count(),
                          num_gpus=self.recipe.ray.num_gpus, **init)
             try:
+                if address:
+                    cross_check(self.recipe, self.recipe_path, cluster=ray.cluster_resources(), graph=self.graph)
+                    nodes = check_shared_storage(self.run_dir, ray)
+                    if nodes > 1:
+                        self.echo(f"[cluster] run directory {self.run_dir} is shared by all {nodes} nodes")
                 return self._loop(selected, set(force), ray)
             finally:
                 ray.shutdown()
 
     def _loop(self, selected: set[str], forced: set[str], ray) -> int:
         remote = ray.remote(max_retries=0)(_execute_stage)
+        self.cluster = ray.cluster_resources()
+        self.priority = priorities(self.graph)
         run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging}
         needed = ancestors(self.graph, selected)
         done: dict[str, str] = {}          # id -> complete | failed | skipped
         running: dict = {}                 # ObjectRef -> (spec, t0)
+        groups: dict = {}                  # ObjectRef -> the stage's placement group
         t_start = time.time()
         while True:
             fps = fingerprints(self.graph, self._outputs(), self.hashes)
+            ready_specs: list = []
             for spec in self.graph:
                 if spec.id in done or spec.id not in needed or any(r[0].id == spec.id for r in running.values()):
                     continue
@@ -200,14 +221,22 @@ class Runner:
                     if spec.id in selected:
                         self.echo(f"[done] {spec.id}: up to date, skipped")
                     continue
+                ready_specs.append((spec, fresh))
+            # highest priority first (pipeline.schedule: the longest chain of work to the end), each only when its
+            # CPUs/GPUs are free; smaller ones backfill; with nothing running, the first goes anyway (Ray queues it)
+            ready_specs.sort(key=lambda x: -self.priority[x[0].id])
+            for spec, fresh in ready_specs:
+                if running and not fits(spec, self._free(running, run_info)):
+                    continue
                 self._prepare_dir(spec, fps[spec.id], fresh)
                 if run_info.get("fleet") is None and uses_fleet(spec.config):
                     run_info["fleet"] = self._start_fleet(spec)
-                ref = remote.options(num_cpus=spec.resources.num_cpus, num_gpus=spec.resources.num_gpus,
-                                     resources=spec.resources.custom or None, name=spec.id
-                                     ).remote(spec, str(self.run_dir), (self.hashes[spec.id], fps[spec.id]),
-                                              run_info, (socket.gethostname(), os.getpid()))
+                layout, pg, options = self._placement(spec, ray)
+                ref = remote.options(name=spec.id, **options).remote(
+                    spec, str(self.run_dir), (self.hashes[spec.id], fps[spec.id]),
+                    {**run_info, "placement": {"pg": pg, "layout": layout}}, (socket.gethostname(), os.getpid()))
                 running[ref] = (spec, time.time())
+                groups[ref] = pg
                 # submitted to Ray, which starts it as soon as its resources are free (manifest `started`)
                 self.echo(f"[start] {spec.id} ({spec.kind}; {spec.resources.num_cpus:g} CPU"
                           f"{f', {spec.resources.num_gpus:g} GPU' if spec.resources.num_gpus else ''})")
@@ -220,6 +249,7 @@ class Runner:
                 if self.live is not None:
                     self.live.tick(done, [r[0].id for r in running.values()])
             spec, t0 = running.pop(ready[0])
+            ray.util.remove_placement_group(groups.pop(ready[0]))
             try:
                 summary = ray.get(ready[0])
                 done[spec.id] = "complete"
@@ -239,6 +269,36 @@ class Runner:
                   f"{sum(s == 'complete' for i, s in done.items() if i in selected)} complete, "
                   f"{len(failed)} failed or skipped" + (f" ({', '.join(failed)})" if failed else ""))
         return 1 if failed else 0
+
+    def _free(self, running: dict, run_info: dict) -> dict[str, float]:
+        """CPUs and GPUs of the cluster not held by the running stages or the fleet (the runner's own account:
+        Ray's view of free resources lags behind placement groups just created)."""
+        free = {k: float(self.cluster.get(k, 0.0)) for k in ("CPU", "GPU")}
+        for spec, _ in running.values():
+            free["CPU"] -= spec.resources.num_cpus
+            free["GPU"] -= spec.resources.num_gpus
+        if run_info.get("fleet") is not None:
+            r = self.recipe.fleet.resources
+            free["CPU"] -= r.num_cpus * self.recipe.fleet.engines
+            free["GPU"] -= r.num_gpus * self.recipe.fleet.engines
+        return free
+
+    def _placement(self, spec: StageSpec, ray):
+        """The stage's placement group (``pipeline.placement.stage_layout``: a bundle per learner rank, the
+        teachers' GPUs) and the options that start its task in bundle 0; the stage places its other actors in the
+        other bundles (``ctx.services["placement"]``)."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from .placement import stage_layout
+
+        layout = stage_layout(spec)
+        bundles = [dict(b) for b in layout.bundles]
+        bundles[0].update(spec.resources.custom)          # custom resources pin the stage's task to a node
+        pg = ray.util.placement_group(bundles, strategy="STRICT_PACK", name=f"stage:{spec.id}")
+        opts = {"num_cpus": layout.rank_resources["num_cpus"], "num_gpus": layout.rank_resources["num_gpus"],
+                "resources": spec.resources.custom or None,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)}
+        return layout, pg, opts
 
     def _start_fleet(self, spec: StageSpec):
         """The run's rollout fleet, started (asynchronously: stages wait in their first lease) the first time a stage
@@ -260,9 +320,14 @@ class Runner:
             model = packed
         max_pos = json.loads((model / "config.json").read_text()).get("max_position_embeddings") or 1 << 20
         max_len = cfg.max_model_len or min(max_pos, PROMPT_ALLOWANCE + max(mode_budgets(self.recipe).values()))
+        import ray
+
+        from .placement import fleet_layout
+
+        pg = ray.util.placement_group(fleet_layout(cfg).bundles, strategy="PACK", name="fleet")
         self.echo(f"[fleet] starting {cfg.engines} vLLM engine(s) from {model} (max_model_len {max_len}, "
                   f"fp4 {cfg.fp4})")
-        return start_fleet(str(model), cfg, max_len, self.recipe.seed)
+        return start_fleet(str(model), cfg, max_len, self.recipe.seed, pg=pg)
 
     def _record_fleet(self, fleet, ray) -> None:
         try:

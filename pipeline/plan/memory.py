@@ -89,7 +89,7 @@ def engine_weight_bytes(d: Dims, fp4: bool, dtype_bytes: int = 2) -> float:
 class StagePlan:
     id: str
     kind: str
-    gpus: int
+    gpus: float                                   # may be a fraction of one GPU
     cpus: float
     actors: list[Actor]
     placement: str
@@ -114,8 +114,8 @@ def plan_stage(recipe: Recipe, spec, dims: Dims) -> StagePlan:
     except ValueError as e:
         raise RecipeError(str(e)) from None
     actors: list[Actor] = []
-    sp = StagePlan(spec.id, spec.kind, G, res.num_cpus, actors, layout.strategy, custom=dict(res.custom),
-                   layout=layout)
+    sp = StagePlan(spec.id, spec.kind, float(res.num_gpus), res.num_cpus, actors, layout.strategy,
+                   custom=dict(res.custom), layout=layout)
     if w.loads_model_only:
         wb = 4 if recipe.model.dtype == "float32" else 2
         actors.append(Actor("loader", parts={"weights": dims.params * wb},
@@ -185,9 +185,9 @@ def plan_fleet(recipe: Recipe, dims: Dims) -> StagePlan | None:
     if cfg is None:
         return None
     layout = fleet_layout(cfg)
-    G = int(cfg.resources.num_gpus * cfg.engines)
+    G = float(cfg.resources.num_gpus * cfg.engines)
     tp = cfg.tensor_parallel_size
-    if cfg.resources.num_gpus and tp > cfg.resources.num_gpus:
+    if cfg.resources.num_gpus and tp > 1 and tp > cfg.resources.num_gpus:   # TP 1 may take a fraction of a GPU
         raise RecipeError(f"fleet.tensor_parallel_size {tp} > fleet.resources.num_gpus {cfg.resources.num_gpus:g} "
                           "per engine")
     if not cfg.resources.num_gpus and tp > 1:

@@ -14,7 +14,7 @@ def render(recipe: Recipe, source: str, cluster: Cluster, dims: Dims, plans: lis
                    "\"nodes=..,gpus=..,gpu_mem_gb=..,cpus=..,ram_gb=..\" to check that it fits")
     for sp in plans:
         node = f"node {sp.node}" if sp.node is not None else ("queued" if cluster.described else "node ?")
-        gp = f"{sp.gpus} GPU, " if sp.gpus else ""
+        gp = f"{sp.gpus:g} GPU, " if sp.gpus else ""
         pl = f"; placement {sp.placement}" if sp.placement != "-" else ""
         peak = max(sp.gpu_use.values(), default=0.0)
         peak_s = f"; peak {_fmt(peak)}/GPU" + (f" of {cluster.gpu_mem_gb:g} GB" if cluster.described else "") \

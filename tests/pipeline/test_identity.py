@@ -50,7 +50,7 @@ def test_operational_changes_rerun_nothing_but_eval(sets):
 
 
 @pytest.mark.parametrize("sets,first", [
-    (("sft.per_domain.math.steps=301",), {"sft.math"}),
+    (("sft.per_domain.math.steps=301",), {"sft.math", "generalist"}),   # its budget: the specialists' together
     (("learner.lr=0.02",), {"sft.math", "sft.code", "sft.agent", "sft.instruct", "generalist"}),
     (("grpo.per_mode.think_max.entropy_coef=-0.3",), {f"grpo.{d}.think_max" for d in
                                                        ("math", "code", "agent", "instruct")}),

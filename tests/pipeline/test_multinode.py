@@ -113,6 +113,8 @@ def test_stages_land_on_the_node_their_resources_name(two_node_cluster, tmp_path
     r = run_cli("run", recipe, "--run-dir", run_dir, "--address", address, timeout=300,
                 env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "run directory" in r.stdout and "shared by all 2 nodes" in r.stdout, r.stdout[-2000:]
+    assert not (run_dir / ".storage-probe").exists()
     boot = json.loads((run_dir / "bootstrap" / "manifest.json").read_text())
     sft = json.loads((run_dir / "sft.math" / "manifest.json").read_text())
     assert boot["status"] == sft["status"] == "complete"

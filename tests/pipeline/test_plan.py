@@ -8,7 +8,9 @@ from conftest import ROOT, run_cli, tiny_recipe
 from pipeline.plan import build_plan, dims_from_config, learner_parts, parse_cluster
 from pipeline.recipe import LearnerConfig, RecipeError, load_recipe
 
-GPU_RECIPES = sorted((ROOT / "recipes" / "gpu").glob("*.yaml"))
+SMOKE = ROOT / "recipes" / "gpu" / "smoke.yaml"
+GPU_RECIPES = sorted(p for p in (ROOT / "recipes" / "gpu").glob("*.yaml") if p != SMOKE)   # the multi-GPU ones
+ONE_H200 = "nodes=1,gpus=1,gpu_mem_gb=141,cpus=16,ram_gb=128"
 TWO_H200_NODES = "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024"
 
 
@@ -17,6 +19,24 @@ def test_cpu_recipe_plans_on_this_machine():
     assert r.returncode == 0, r.stderr
     assert "(this machine)" in r.stdout and "stage bootstrap" in r.stdout and "learner" in r.stdout
     assert r.stdout.strip().endswith("fits")
+
+
+def test_gpu_smoke_recipe_runs_every_real_stage_on_one_gpu():
+    """recipes/gpu/smoke.yaml: the fleet's engine and each stage share one GPU (fractional Ray GPUs); every kind of
+    the real graph is there, sampling through the fleet in MXFP4."""
+    recipe = load_recipe(SMOKE, check=False)
+    dims, plans, problems = build_plan(recipe, parse_cluster(ONE_H200))
+    assert problems == []
+    kinds = {p.kind for p in plans}
+    assert {"fleet", "bootstrap", "sft", "grpo", "generalist", "distill", "eval"} <= kinds
+    fleet = next(p for p in plans if p.kind == "fleet")
+    assert [a.gpus for a in fleet.actors] == [[0]] and 0 < fleet.gpus < 1
+    for p in plans:
+        if p.kind in ("sft", "grpo", "generalist", "distill"):
+            assert 0 < p.gpus <= 1 - fleet.gpus and p.layout.gpus[0] == [0], p.id
+            assert p.layout.bundles[0]["GPU"] == pytest.approx(p.gpus)   # the bundle asks the fraction, not 1
+    assert recipe.fleet.fp4 and recipe.grpo.engine.kind == recipe.distill.engine.kind == "vllm"
+    assert recipe.learner.precision == "bf16" and recipe.learner.qat == "mxfp4"
 
 
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=[p.name for p in GPU_RECIPES])
