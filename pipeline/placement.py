@@ -113,9 +113,11 @@ def stage_layout(spec, workload=None) -> Layout:
 
 
 def fleet_layout(cfg) -> Layout:
-    """One bundle per engine: its tensor-parallel GPUs (and CPUs), for the whole run."""
+    """One bundle per engine: its tensor-parallel GPUs (and CPUs), for the whole run. Engines that ask for nothing
+    (CPU engines with ``num_cpus: 0``) have empty bundles: the runner then builds no group for them (a token CPU
+    reservation would keep a 1-CPU stage from starting beside another on a 2-core machine)."""
     r = cfg.resources
-    b = {"CPU": max(float(r.num_cpus), 0.01), **({"GPU": float(r.num_gpus)} if r.num_gpus else {})}
+    b = {**({"CPU": float(r.num_cpus)} if r.num_cpus else {}), **({"GPU": float(r.num_gpus)} if r.num_gpus else {})}
     gpus = {i: gpu_ids(i * r.num_gpus, r.num_gpus) for i in range(cfg.engines)} if r.num_gpus else {}
     return Layout([dict(b) for _ in range(cfg.engines)], [], {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
                   gpus=gpus, strategy="fleet")

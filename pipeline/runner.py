@@ -324,7 +324,8 @@ class Runner:
 
         from .placement import fleet_layout
 
-        pg = ray.util.placement_group(fleet_layout(cfg).bundles, strategy="PACK", name="fleet")
+        bundles = fleet_layout(cfg).bundles
+        pg = ray.util.placement_group(bundles, strategy="PACK", name="fleet") if all(bundles) else None
         self.echo(f"[fleet] starting {cfg.engines} vLLM engine(s) from {model} (max_model_len {max_len}, "
                   f"fp4 {cfg.fp4})")
         return start_fleet(str(model), cfg, max_len, self.recipe.seed, pg=pg)
