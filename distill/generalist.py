@@ -12,8 +12,7 @@ from __future__ import annotations
 from rewards.tasks import load_tasks
 from train.data import sft_examples
 from train.evaluate import summary_of
-from train.ranks import stage_learner
-from train.sft import sft_loop
+from train.sft import train_sft
 
 
 def run(ctx) -> dict:
@@ -28,12 +27,7 @@ def run(ctx) -> dict:
         examples += [e for _ in range(cfg.repeats.get(d, 1)) for e in sft_examples(tok, tasks, cfg.modes, cfg.max_len)]
     ctx.log.info(f"[generalist] {len(examples)} examples (repeats {cfg.repeats}); {cfg.steps} steps")
 
-    learner = stage_learner(ctx, init, cfg.learner, cfg.steps, seed=cfg.seed)
-    sft_loop(ctx.train_loop(learner, cfg.steps, cfg.save_every, cfg.keep_checkpoints), learner, examples,
-             cfg.batch_size, cfg.seed, tok.pad_token_id)
-
-    ctx.publish(learner.save_pretrained, tok)
-    learner.close()
-    del learner
+    train_sft(ctx, init, cfg.learner, examples, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
+              save_every=cfg.save_every, keep=cfg.keep_checkpoints, tok=tok)
     rows = ctx.evaluate([(d, m) for d in cfg.tasks for m in cfg.modes])
     return {"steps": cfg.steps, "final_loss": ctx.metrics.rows()[-1]["loss"], **summary_of(rows)}

@@ -15,8 +15,7 @@ from rewards.tasks import load_tasks
 from rollout.engines import describe, folder_weights, rollout_engine
 from train.data import Example
 from train.evaluate import summary_of
-from train.ranks import stage_learner
-from train.sft import sft_loop
+from train.sft import train_sft
 
 from .rollouts import generate_trajectories
 from .routing import draw_prompts, route, route_table
@@ -39,12 +38,8 @@ def run(ctx) -> dict:
     ctx.log.info(f"[control.seqkd] {len(examples)} teacher samples, {generated} teacher tokens (distill graded "
                  f"{budget})")
 
-    learner = stage_learner(ctx, init, cfg.learner, d.steps, seed=base.seed)
-    sft_loop(ctx.train_loop(learner, d.steps, cfg.save_every, cfg.keep_checkpoints), learner, examples,
-             cfg.batch_size, base.seed, tok.pad_token_id)
-    ctx.publish(learner.save_pretrained, tok)
-    learner.close()
-    del learner
+    train_sft(ctx, init, cfg.learner, examples, steps=d.steps, batch_size=cfg.batch_size, seed=base.seed,
+              save_every=cfg.save_every, keep=cfg.keep_checkpoints, tok=tok)
     compute = {"teacher_tokens": generated, "student_tokens": sum(r["tokens"] for r in ctx.metrics.rows()),
                "samples": len(examples), "matched_to": "distill"}
     ctx.manifest.update(compute=compute, student_from=base.student_from)

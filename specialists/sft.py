@@ -11,8 +11,7 @@ from __future__ import annotations
 from rewards.tasks import load_tasks
 from train.data import sft_examples
 from train.evaluate import summary_of
-from train.ranks import stage_learner
-from train.sft import sft_loop
+from train.sft import train_sft
 
 
 def run(ctx) -> dict:
@@ -26,13 +25,8 @@ def run(ctx) -> dict:
     examples = sft_examples(tok, train, cfg.modes, sft.max_len)
     ctx.log.info(f"[{ctx.stage_id}] {len(examples)} examples from {len(train)} tasks x {len(cfg.modes)} modes")
 
-    learner = stage_learner(ctx, init, cfg.learner, sft.steps, seed=cfg.seed)
-    sft_loop(ctx.train_loop(learner, sft.steps, sft.save_every, sft.keep_checkpoints), learner, examples,
-             sft.batch_size, cfg.seed, tok.pad_token_id)
-
-    ctx.publish(learner.save_pretrained, tok)
-    learner.close()
-    del learner
+    train_sft(ctx, init, cfg.learner, examples, steps=sft.steps, batch_size=sft.batch_size, seed=cfg.seed,
+              save_every=sft.save_every, keep=sft.keep_checkpoints, tok=tok)
     rows = ctx.evaluate([(cfg.domain, m) for m in cfg.modes])
     final = ctx.metrics.rows()[-1]["loss"] if sft.steps else None
     return {"steps": sft.steps, "final_loss": final, **summary_of(rows)}

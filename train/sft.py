@@ -8,6 +8,7 @@ import time
 import torch
 
 from .data import EpochSampler, collate
+from .ranks import stage_learner
 
 
 def sft_loss(model, mb) -> tuple[torch.Tensor, dict]:
@@ -37,3 +38,16 @@ def sft_loop(loop, learner, examples: list, batch_size: int, seed: int, pad_id: 
         tokens = sum(mb["weight"] for mb in mbs)
         loop.log({"samples_seen": seen}, loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **res.metrics,
                  tokens=int(tokens), samples_seen=seen, tokens_per_s=tokens / max(time.perf_counter() - t0, 1e-9))
+
+
+def train_sft(ctx, init, learner_cfg, examples: list, *, steps: int, batch_size: int, seed: int, save_every: int,
+              keep: int, tok) -> None:
+    """An SFT stage's training: its learner as the runner placed it (``stage_learner``), ``sft_loop`` resumable
+    through ``ctx.train_loop``, the trained model published to ``final/`` with ``tok``, the learner's ranks closed."""
+    learner = stage_learner(ctx, init, learner_cfg, steps, seed=seed)
+    try:
+        sft_loop(ctx.train_loop(learner, steps, save_every, keep), learner, examples, batch_size, seed,
+                 tok.pad_token_id)
+        ctx.publish(learner.save_pretrained, tok)
+    finally:
+        learner.close()

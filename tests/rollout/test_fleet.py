@@ -10,15 +10,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("vllm")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def fleet(ray_local, tiny_dir):
     from rollout.config import FleetConfig
     from rollout.fleet import start_fleet
