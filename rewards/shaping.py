@@ -106,9 +106,13 @@ class ShapingConfig(BaseModel):
     def for_mode(self, mode: str) -> ModeShaping:
         return self.modes[check_mode(mode)]
 
-    def components(self, correct: float, completion: str, n_tokens: int, mode: str) -> dict:
+    def components(self, correct: float, completion: str, n_tokens: int, mode: str,
+                   format_ok: bool | None = None) -> dict:
+        """``format_ok``: the verifier's own format verdict where one completion is not one turn (an agent
+        transcript: every assistant turn keeps the mode's format); else the completion's think-tag format."""
         m = self.for_mode(mode)
-        return {"correct": float(correct), "format": format_reward(completion, mode),
+        fmt = float(bool(format_ok)) if format_ok is not None else format_reward(completion, mode)
+        return {"correct": float(correct), "format": fmt,
                 "overlong": m.overlong_weight * overlong_penalty(n_tokens, m.l_max, m.l_buffer),
                 "length": length_cost(n_tokens, m.length_cost_per_token)}
 

@@ -77,7 +77,9 @@ def collect(engine, tok, samples: list[dict], mode: str, G: int, params: Samplin
     rep_samples = [s for s in samples for _ in range(G)]
     verdicts = score_batch(domain, texts, rep_samples, mode, workers=workers)
     correct = torch.tensor([v.score for v in verdicts]).view(len(samples), G)
-    comps = [shaping.components(v.score, t, n, mode) for v, t, n in zip(verdicts, texts, ntoks)]
+    # an agent transcript is several turns: its format is the verifier's per-turn check, not one think block
+    comps = [shaping.components(v.score, t, n, mode, v.details.get("format_ok") if domain == "agent" else None)
+             for v, t, n in zip(verdicts, texts, ntoks)]
     reward = torch.tensor([sum(shaping.weights[k] * c[k] for k in shaping.weights) for c in comps]).view(len(samples), G)
     mean_comps = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]}
     return Rollouts(samples, seqs, plens, masks, logps, keeps, texts, ntoks, routes, correct, reward, mean_comps,

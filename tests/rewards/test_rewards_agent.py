@@ -185,3 +185,22 @@ def test_remove_zero_of_unknown_item_is_a_no_op():
     assert env.state == {"stock": {"apple": 2}, "price": {}}
     assert env.call(ToolCall("remove_stock", {"item": "plum", "qty": 1})).startswith("error")
     assert env_for(SAMPLE).state == json.loads(SAMPLE["initial_state"])
+
+
+def test_format_component_of_an_agent_transcript_is_the_verifiers_per_turn_check():
+    """An agent transcript holds several assistant turns, so the single-turn think-tag check fails on it even when
+    every turn is well formed (measured: GRPO's format reward was 0.000 on every agent rollout). The shaping takes
+    the verifier's per-turn verdict instead."""
+    from rewards.shaping import ShapingConfig, format_reward
+
+    turns = ["I add.</think>" + ADD, "Check.</think>" + GET, "Done.</think>The answer is 5."]
+    ep, _, v = run(turns, "think_high")
+    assert v.score == 1.0 and v.details["format_ok"] is True
+    assert format_reward(ep.transcript, "think_high") == 0.0          # what the single-turn check says
+    shaping = ShapingConfig()
+    good = shaping.components(v.score, ep.transcript, 40, "think_high", format_ok=v.details["format_ok"])
+    assert good["format"] == 1.0
+    bad_turns = ["no think close" + ADD, "Check.</think>" + GET, "Done.</think>The answer is 5."]
+    ep2, _, v2 = run(bad_turns, "think_high")
+    assert v2.details["format_ok"] is False
+    assert shaping.components(v2.score, ep2.transcript, 40, "think_high", format_ok=False)["format"] == 0.0
