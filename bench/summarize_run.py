@@ -1,9 +1,10 @@
-"""Summarise a finished run: wall time per stage and in total, and the tables the docs report.
+"""Summarise a finished run for docs/results.md: wall time per stage, GRPO against its SFT start and the reward-free
+control, and the efficacy table (the student against its start, its teachers and the controls).
 
     python bench/summarize_run.py runs/think_max            # markdown to stdout
 
-Tables: bootstrap vs SFT held-out greedy accuracy per domain x mode (from the SFT manifests); SFT vs GRPO held-out
-reward and response length per domain x mode (from eval/results.json); student vs teachers (distill).
+Every number is a held-out row of ``eval/results.json`` (32 prompts x ``eval.samples`` per cell, the eval
+sampler), with its 95% bootstrap interval over prompts; greedy numbers in their own columns.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 DOMAINS = ("math", "code", "agent", "instruct")
 MODES = ("non_think", "think_high", "think_max")
@@ -20,49 +24,81 @@ def _t(s):
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S%z") if s else None
 
 
+def _v(row, ci=True) -> str:
+    if row is None:
+        return "-"
+    if ci and row.get("ci_low") is not None:
+        return f"{row['value']:.3f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return f"{row['value']:.3f}"
+
+
+def wall(run: Path, mans: dict) -> None:
+    starts = [_t(m.get("started")) for m in mans.values() if m.get("started")]
+    ends = [_t(m.get("finished")) for m in mans.values() if m.get("finished")]
+    print(f"## Wall time\n\nfirst stage start to last stage end: {(max(ends) - min(starts)).total_seconds():.0f} s\n")
+    print("| stage | status | started | seconds |\n|---|---|---|---|")
+    t0 = min(starts)
+    for sid, m in sorted(mans.items(), key=lambda kv: kv[1].get("started") or ""):
+        st = _t(m.get("started"))
+        print(f"| {sid} | {m.get('status')} | +{(st - t0).total_seconds():.0f} s | {m.get('wall_s') or 0:.0f} |")
+    fleet = run / "fleet.json"
+    if fleet.exists():
+        f = json.loads(fleet.read_text())
+        print(f"\nfleet: {f['engines']} engines, {f['starts']} starts, {f['replacements']} replacements, "
+              f"{f['leases']} leases, start-up {', '.join(f'{s:.0f} s' for s in f.get('startup_s', []))}; "
+              f"served {f.get('served')}")
+
+
+def grpo(val: dict) -> None:
+    print("\n## GRPO against its SFT start and the reward-free control (held-out reward_mean, 95% intervals)\n")
+    print("| domain | mode | SFT | GRPO | control.entropy | SFT greedy | GRPO greedy | control greedy |")
+    print("|---|---|---|---|---|---|---|---|")
+    wins = beats = n = 0
+    for d in DOMAINS:
+        for x in MODES:
+            s, g = val.get((f"sft.{d}", d, x, "reward_mean")), val.get((f"grpo.{d}.{x}", d, x, "reward_mean"))
+            c = val.get((f"control.entropy.{d}.{x}", d, x, "reward_mean"))
+            if s is None or g is None:
+                continue
+            n += 1
+            wins += g["value"] > s["value"]
+            beats += c is not None and g["value"] > c["value"]
+            gr = [val.get((m, d, x, "reward_mean_greedy")) for m in (f"sft.{d}", f"grpo.{d}.{x}",
+                                                                      f"control.entropy.{d}.{x}")]
+            print(f"| {d} | {x} | {_v(s)} | {_v(g)} | {_v(c)} | " + " | ".join(_v(r, False) for r in gr) + " |")
+    print(f"\nGRPO > SFT in {wins}/{n} cells; GRPO > control.entropy in {beats}/{n}.")
+
+
+def efficacy(run: Path, rows: list[dict]) -> None:
+    from pipeline.efficacy import efficacy as table
+    from pipeline.efficacy import roles
+
+    r = roles(run)
+    if not r:
+        return
+    e = table(rows, r)
+    print(f"\n## The student against its start ({r['start']}), its teachers and the controls\n")
+    print("| cell | start | SFT | teacher | student | control.seqkd | headroom | capture |")
+    print("|---|---|---|---|---|---|---|---|")
+    fmt = lambda c, k: (f"{c[k]['value']:.3f} [{c[k]['ci'][0]:.2f}, {c[k]['ci'][1]:.2f}]"  # noqa: E731
+                        if c.get(k) else "-")
+    for c in e["cells"]:
+        cap = "-" if c["capture"] is None else f"{c['capture']:.2f}"
+        print(f"| {c['cell']} | {fmt(c, 'start')} | {fmt(c, 'sft')} | {fmt(c, 'teacher')} | {fmt(c, 'student')} | "
+              f"{fmt(c, 'seqkd')} | {c['headroom']:+.3f} | {cap} |")
+    s = e["summary"]
+    print("\n" + ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in s.items()))
+
+
 def main(run_dir: str) -> None:
     run = Path(run_dir)
     mans = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/manifest.json")}
-    starts = [_t(m.get("started")) for m in mans.values() if m.get("started")]
-    ends = [_t(m.get("finished")) for m in mans.values() if m.get("finished")]
-    print(f"## Wall time\n\nwhole graph: {(max(ends) - min(starts)).total_seconds():.0f} s "
-          f"(first stage start to last stage end)\n")
-    print("| stage | status | seconds |\n|---|---|---|")
-    for sid, m in sorted(mans.items(), key=lambda kv: kv[1].get("started") or ""):
-        print(f"| {sid} | {m.get('status')} | {m.get('wall_s', 0):.0f} |")
-    print("\n## SFT: held-out greedy accuracy, bootstrap -> SFT\n\n| domain | " + " | ".join(MODES) + " |")
-    print("|---|" + "---|" * len(MODES))
-    for d in DOMAINS:
-        m = mans.get(f"sft.{d}", {}).get("metrics", {})
-        if m:
-            print(f"| {d} | " + " | ".join(f"{m.get(f'start_accuracy.{x}', 0):.3f} -> {m.get(f'accuracy.{x}', 0):.3f}"
-                                           for x in MODES) + " |")
-    print("\n## GRPO stages: held-out reward of the SFT start vs the teacher (each stage's own evaluation: "
-          "grpo.eval_samples per prompt at T=1; greedy in its own columns)\n")
-    print("| domain | mode | SFT reward | GRPO reward | SFT greedy | GRPO greedy | SFT length | GRPO length | stage s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for d in DOMAINS:
-        for x in MODES:
-            m = mans.get(f"grpo.{d}.{x}", {})
-            g = m.get("metrics", {})
-            if g:
-                print(f"| {d} | {x} | {g['start_reward_mean']:.3f} | {g['reward_mean']:.3f} | "
-                      f"{g['start_reward_mean_greedy']:.3f} | {g['reward_mean_greedy']:.3f} | "
-                      f"{g['start_length_mean']:.1f} | {g['length_mean']:.1f} | {m.get('wall_s', 0):.0f} |")
+    wall(run, mans)
     rows = json.loads((run / "eval" / "results.json").read_text()) if (run / "eval" / "results.json").exists() else []
-    val = {(r["model"], r["domain"], r["mode"], r["metric"]): r["value"] for r in rows}
+    val = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     if rows:
-        print("\n## GRPO teachers vs their SFT start (eval stage, sampled T=1, reward_mean / length_mean)\n")
-        print("| domain | mode | SFT reward | GRPO reward | SFT length | GRPO length | distill reward | student/teacher |")
-        print("|---|---|---|---|---|---|---|---|")
-        for d in DOMAINS:
-            for x in MODES:
-                s, g = val.get((f"sft.{d}", d, x, "reward_mean")), val.get((f"grpo.{d}.{x}", d, x, "reward_mean"))
-                sl, gl = val.get((f"sft.{d}", d, x, "length_mean")), val.get((f"grpo.{d}.{x}", d, x, "length_mean"))
-                st = val.get(("distill", d, x, "reward_mean"))
-                f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-                ratio = "-" if st is None or not g else f"{st / g:.2f}"
-                print(f"| {d} | {x} | {f(s)} | {f(g)} | {f(sl)} | {f(gl)} | {f(st)} | {ratio} |")
+        grpo(val)
+        efficacy(run, rows)
 
 
 if __name__ == "__main__":
