@@ -5,7 +5,8 @@ count (answer part only, never the reasoning) and on when an episode ends -- wit
 (``row["env"]``: inventory, bfcl, python; ``rewards.envs``). The model writes a turn; if the rule runs its calls, the
 environment answers them, and the user turn carrying the results (``<tool_result>`` blocks in call order, DeepSeek-V4's
 format) and the next generation prompt are appended as token ids; generation continues until a turn without calls
-(the final answer: ``finish_reason == "stop"``), a turn cut by the length limit (``"length"``), a turn of calls in an
+(the final answer: ``finish_reason == "stop"``), a turn cut by the length limit or a context the engine cannot extend
+(``"length"``: prompt + episode at the engine's ``max_model_len``), a turn of calls in an
 environment that stops there (BFCL: ``"tool_calls"``), or the turn cap (``"turn_cap"``). Earlier turns are never
 re-tokenized; ``loss_mask`` marks the model's own tokens only, and ``logprobs`` holds the sampler's log-prob of each.
 """
@@ -58,7 +59,12 @@ def run_episodes(engine, tok, prompts: list[list[int]], samples: list[dict], mod
     eps = [Episode(prompt_ids=list(p)) for p in prompts]
     next_prompt = {m: generation_prompt(tok, m) for m in set(modes)}
     eos = tok.eos_token_id
+    context = getattr(engine, "max_model_len", None)   # an episode whose context is full ends as "length"
     while True:
+        if context:
+            for e in eps:
+                if not e.done and len(e.prompt_ids) + len(e.ids) >= context:
+                    e.done, e.finish_reason = True, "length"
         active = [i for i, e in enumerate(eps) if not e.done]
         if not active:
             return eps

@@ -161,6 +161,7 @@ class LeasedEngine:
         self.ray, self.fleet, self.who = ray, fleet, who
         self.index, self.actor, self.info = ray.get(fleet.lease.remote(who))
         self.fp4 = bool(self.info.get("fp4"))
+        self.max_model_len = self.info.get("max_model_len")   # prompt + completion tokens a request may hold
         self.actor_id = self.actor._actor_id.hex()
         sync = self.info.get("weight_sync") or {}
         self.weight_sync = weight_sync or sync.get("mode", "collective")

@@ -178,7 +178,7 @@ class _VLLMActor:
         return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id,
                 "kv_cache": {"asked_bytes": self.kv_cache_bytes, **self.kv_cache}, "moe_layers": self.moe_layers,
                 "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts,
-                "scheduler": self.scheduler}
+                "scheduler": self.scheduler, "max_model_len": self.llm.llm_engine.vllm_config.model_config.max_model_len}
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSP
@@ -352,6 +352,7 @@ class VLLMEngine:
             raise EngineStartError(error)
         self.startup_s = self.info["startup_s"]
         self.kv_cache = self.info["kv_cache"]
+        self.max_model_len = int(self.info["max_model_len"])   # prompt + completion tokens a request may hold
         self.moe_layer_ids = self.info.get("moe_layers", [])
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:

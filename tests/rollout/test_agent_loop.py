@@ -243,3 +243,39 @@ def test_scripted_episode_per_environment(tok):
 def test_run_episodes_checks_lengths(tok):
     with pytest.raises(ValueError):
         run_episodes(None, tok, [[1]], [], "non_think", SamplingParams(max_tokens=4))
+
+
+class BoundedEngine(ScriptedEngine):
+    """A scripted engine that, like vLLM, refuses a request whose prompt does not fit its context."""
+
+    def __init__(self, *a, max_model_len: int):
+        super().__init__(*a)
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts, params):
+        for ids in prompts:
+            if len(ids) >= self.max_model_len:
+                raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}")
+        return super().generate(prompts, params)
+
+
+def test_an_episode_whose_context_is_full_ends_as_length(tok):
+    """A policy writing long tool turns fills the engine's context within a few turns (seen in the reward-free GRPO
+    control: 'your prompt contains 523 input tokens' at max_model_len 512, and the stage failed). The episode then
+    ends with finish_reason "length" instead of sending a prompt the engine refuses; the other episodes go on."""
+    mode = "non_think"
+    samples = gen_tasks("agent", "test", 2, 0)
+    prompts = _prompts(tok, samples, [mode] * 2)
+    items = [sorted(json.loads(s["initial_state"])["stock"])[0] for s in samples]
+    long_call = _call_pieces("get_stock", items[0], why="")
+    scripts = [[long_call] * 6, [_call_pieces("get_stock", items[1], why=""), ["The answer is 4", END]]]
+    one_turn = len(_pieces_ids(tok, long_call)) + 12          # a call turn plus its tool-result turn, about
+    limit = len(prompts[0]) + 2 * one_turn + 4
+    engine = BoundedEngine(tok, prompts, scripts, max_model_len=limit)
+    eps = run_episodes(engine, tok, prompts, samples, mode, SamplingParams(temperature=1.0, max_tokens=64),
+                       max_turns=6)
+    assert eps[0].finish_reason == "length" and 1 < eps[0].turns < 6
+    assert len(eps[0].prompt_ids) + len(eps[0].ids) >= limit
+    assert eps[1].finish_reason == "stop" and eps[1].turns == 2
+    with pytest.raises(ValueError, match="exceeds max_model_len"):      # without the check the engine refuses
+        engine.generate([prompts[0] + eps[0].ids], SamplingParams(max_tokens=8))
