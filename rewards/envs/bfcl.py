@@ -8,14 +8,32 @@ order-free) or plain expected calls (``[{"name", "arguments"}]``). BFCL's offici
 ``@register_checker("ast")`` in a module listed in ``CHECKER_MODULES`` (imported on first use, also inside verifier
 workers); a row picks it with ``checker: ast``, or ``BfclEnv().verify(trace, row, checker=fn)`` takes any function.
 
+**BFCL's official AST checker** is ``checker: ast`` (what every BFCL row the task loader reads uses:
+``rewards.tasks.rows`` sets it, ``rewards.tasks.bfcl`` reads the package's categories). It is the ``ast_checker``
+function of the installed ``bfcl-eval`` package (pinned: ``BFCL_VERSION``), loaded from its file: importing it by
+name pulls in BFCL's model registry (``bfcl_eval.constants.model_config`` imports every provider SDK the package
+lists, tree-sitter, openai, anthropic, ...), of which the checker reads one flag, ``underscore_to_dot`` (whether a
+model had to write ``math.factorial`` as ``math_factorial``). While the checker's file runs, that one module is a stub
+answering ``False`` for every model -- DSML tool calls keep dotted names -- and it is removed again afterwards. The
+model's calls (``core.chat.parse_tool_calls``) become BFCL's decoded form ``[{name: {param: value}}]``; the row's
+ground truth is BFCL's possible answers ``[{name: {param: [allowed values]}}]`` (plain ``{name, arguments}`` calls are
+turned into that form); ``category`` (``simple_python``, ``multiple``, ``parallel``, ``parallel_multiple``, ``live_*``)
+picks BFCL's rule (one call; one of several functions; several calls in any order). An empty ground truth (BFCL's
+*irrelevance* categories) is right exactly when the model called nothing.
+
 Row fields: ``prompt`` (the question), ``functions`` (BFCL's function docs, a list or its JSON), ``ground_truth``
-(a list or its JSON), optional ``checker``, ``max_turns``.
+(a list or its JSON), optional ``checker``, ``category``, ``max_turns``.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import sys
+import threading
+import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from core.chat import ToolCall
@@ -93,6 +111,158 @@ def possible_answer_checker(calls: list[dict], row: dict) -> tuple[bool, str]:
             return False, f"no call matches the expected {name}"
         left.remove(hit)
     return True, "ok"
+
+
+# ------------------------------------------------------------------------------------------- BFCL's AST checker
+BFCL_PACKAGE = "bfcl-eval"
+BFCL_VERSION = "2026.3.23"          # the version pyproject's `bfcl` extra and the Makefile install
+INSTALL_HINT = f"pip install --no-deps {BFCL_PACKAGE}=={BFCL_VERSION}"
+MODEL_NAME = "v4-post-training"     # the model name BFCL's checker is given (it only looks up underscore_to_dot)
+_PYTHON_TYPES = ("string", "integer", "float", "boolean", "array", "tuple", "dict", "any")   # the checker's types
+_AST_LOCK = threading.Lock()
+_AST_MODULE = None
+
+
+class BfclMissing(ImportError):
+    """The bfcl-eval package is not installed (or not the files this project reads); ``str(err)`` is one line."""
+
+
+def package_dir() -> Path:
+    """The installed ``bfcl_eval`` package folder (its data files and checker live under it)."""
+    try:
+        spec = importlib.util.find_spec("bfcl_eval")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise BfclMissing(f"the {BFCL_PACKAGE} package is not installed ({INSTALL_HINT}; the Makefile does)")
+    return Path(spec.origin).parent
+
+
+class _ModelConfigs(dict):
+    """BFCL's model registry as its AST checker reads it: every model keeps dotted function names."""
+
+    def __missing__(self, key):
+        return types.SimpleNamespace(underscore_to_dot=False)
+
+
+def official_ast_checker():
+    """The ``ast_checker`` module of the installed bfcl-eval package, loaded once from its file (see the module
+    docstring for why not by name)."""
+    global _AST_MODULE
+    with _AST_LOCK:
+        if _AST_MODULE is not None:
+            return _AST_MODULE
+        path = package_dir() / "eval_checker" / "ast_eval" / "ast_checker.py"
+        if not path.is_file():
+            raise BfclMissing(f"{BFCL_PACKAGE}: no AST checker at {path} (expected version {BFCL_VERSION}: "
+                              f"{INSTALL_HINT})")
+        stub_name = "bfcl_eval.constants.model_config"
+        stub = types.ModuleType(stub_name)
+        stub.MODEL_CONFIG_MAPPING = _ModelConfigs()
+        saved = sys.modules.get(stub_name)
+        sys.modules[stub_name] = stub
+        try:
+            spec = importlib.util.spec_from_file_location("_bfcl_official_ast_checker", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        except ImportError as e:
+            raise BfclMissing(f"{BFCL_PACKAGE}: cannot load {path.name}: {type(e).__name__}: {e} "
+                              f"(expected version {BFCL_VERSION}: {INSTALL_HINT})") from None
+        finally:
+            if saved is None:
+                sys.modules.pop(stub_name, None)
+            else:
+                sys.modules[stub_name] = saved
+        _AST_MODULE = mod
+        return mod
+
+
+def infer_category(functions: list, truth: list) -> str:
+    """BFCL's category of a row that names none: several calls -> parallel(_multiple), several functions ->
+    multiple, else simple_python; no expected call -> irrelevance."""
+    if not truth:
+        return "irrelevance"
+    if len(truth) > 1:
+        return "parallel_multiple" if len(functions) > 1 else "parallel"
+    return "multiple" if len(functions) > 1 else "simple_python"
+
+
+@register_checker("ast")
+def ast_checker(calls: list[dict], row: dict) -> tuple[bool, str]:
+    """BFCL's official AST match of the model's calls against the row's possible answers."""
+    functions = _loads(row["functions"])
+    truth = _loads(row["ground_truth"])
+    category = row.get("category") or infer_category(functions, truth)
+    if not truth or "irrelevance" in category:
+        return (not calls, "ok" if not calls else f"expected no call (irrelevance), got {len(calls)}")
+    mod = official_ast_checker()
+    answers = [{name: params} for name, params in _possible_answers(truth)]
+    output = [{c["name"]: c["arguments"]} for c in calls]
+    res = mod.ast_checker(functions, output, answers, mod.Language.PYTHON, category, MODEL_NAME)
+    if res.get("valid"):
+        return True, "ok"
+    err = res.get("error") or [""]
+    first = err[0] if isinstance(err, list) and err else err
+    return False, f"{res.get('error_type', 'invalid')}: {str(first)[:300]}"
+
+
+def check_functions(functions) -> list[dict]:
+    """BFCL function docs the AST checker can read: ``[{name, parameters: {properties, required}}]``, every
+    parameter of one of the checker's Python types (an array's items too). Raises ValueError naming the place."""
+    if not isinstance(functions, list):
+        raise ValueError(f"expected a list of function docs, got {type(functions).__name__}")
+    out = []
+    for j, f in enumerate(functions):
+        where = f"[{j}]"
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
+            raise ValueError(f"{where}.name: missing (each function doc is {{name, description, parameters}})")
+        p = f.get("parameters")
+        if p is None:
+            p = {"type": "dict", "properties": {}, "required": []}
+        if not isinstance(p, dict) or not isinstance(p.get("properties", {}), dict):
+            raise ValueError(f"{where}.parameters: expected an object with properties")
+        props = p.get("properties") or {}
+        req = p.get("required", [])
+        if not isinstance(req, list) or any(r not in props for r in req):
+            raise ValueError(f"{where}.parameters.required: expected a list of its property names, got {req!r}")
+        for name, schema in props.items():
+            t = schema.get("type") if isinstance(schema, dict) else None
+            if t not in _PYTHON_TYPES:
+                raise ValueError(f"{where}.parameters.properties.{name}.type: {t!r} is not one of BFCL's Python "
+                                 f"types ({', '.join(_PYTHON_TYPES)})")
+            if t in ("array", "tuple"):
+                it = (schema.get("items") or {}).get("type") if isinstance(schema.get("items"), dict) else None
+                if it not in _PYTHON_TYPES:
+                    raise ValueError(f"{where}.parameters.properties.{name}.items.type: {it!r} is not one of "
+                                     f"BFCL's Python types")
+        out.append({**f, "parameters": {**p, "properties": props, "required": list(req)}})
+    return out
+
+
+def possible_answers(truth, functions: list[dict]) -> list[dict]:
+    """The ground truth as BFCL's possible answers ``[{name: {param: [allowed]}}]`` (from that form or from plain
+    ``{name, arguments}`` calls); every function among ``functions``. Raises
+    ValueError naming the place. (A parameter the docs lack is left to the checker, as in BFCL, where a few
+    possible answers name one: such a call can only be right if that parameter is optional.)"""
+    if not isinstance(truth, list):
+        raise ValueError(f"expected a list of expected calls, got {type(truth).__name__}")
+    docs = {f["name"]: f for f in functions}
+    out = []
+    for j, t in enumerate(truth):
+        if not isinstance(t, dict) or not t:
+            raise ValueError(f"[{j}]: expected {{name: {{param: [allowed values]}}}} or {{name, arguments}}")
+        if set(t) == {"name", "arguments"} and isinstance(t["arguments"], dict):
+            name, params = t["name"], {k: [v] for k, v in t["arguments"].items()}
+        elif len(t) == 1:
+            ((name, params),) = t.items()
+            if not isinstance(params, dict) or not all(isinstance(v, list) for v in params.values()):
+                raise ValueError(f"[{j}].{name}: expected {{param: [allowed values]}}")
+        else:
+            raise ValueError(f"[{j}]: expected one function per entry, got keys {sorted(t)}")
+        if name not in docs:
+            raise ValueError(f"[{j}]: {name!r} is not among the row's functions ({', '.join(docs) or 'none'})")
+        out.append({name: params})
+    return out
 
 
 @register_env

@@ -13,8 +13,12 @@ renamed to ours by ``fields`` (our name -> the source's column), then every row 
 ``format: auto`` tells the format of each row from the columns it fills (TRL's key sets). Every row, whatever its
 format, carries its domain's **verifier spec** (:data:`SPECS`), because the same rows serve SFT, GRPO and the
 held-out evaluation: math ``answer``; code ``test`` + ``entry_point`` (``prompt`` is the program's prefix, as in
-HumanEval); instruct ``instruction_id_list`` + ``kwargs``; agent ``tool_calls`` (the expected calls, ``{name,
-arguments}``) in an environment (``env``, default ``inventory`` with its ``initial_state``).
+HumanEval); instruct ``instruction_id_list`` + ``kwargs``; agent: what its environment (``env``, :data:`AGENT_ENVS`)
+reads -- ``inventory`` (the default): ``tool_calls`` (the expected calls, ``{name, arguments}``) and
+``initial_state``; ``bfcl``: ``functions`` and ``ground_truth`` (scored by BFCL's official AST checker); ``python``:
+the code fields.
+
+``source: bfcl`` reads BFCL's categories from the installed bfcl-eval package instead (``rewards/tasks/bfcl.py``).
 
 A sample is the row with our fields plus ``prompt`` (the user message an RL stage sends), ``system`` (the
 conversation's system message, if any), ``example`` (the row in TRL's format, which ``train.datasets`` turns into the
@@ -239,11 +243,31 @@ def _spec_instruct(row: dict) -> dict:
     return {"instruction_id_list": list(ids), "kwargs": clean}
 
 
-def _env_inventory(row: dict, calls: list[dict]) -> dict:
-    """The inventory environment (``rewards.envs.InventoryEnv``): the expected calls are replayed on
-    ``initial_state``, giving the ``reference_state`` the agent verifier compares with."""
+def _expected_calls(row: dict) -> list[dict]:
+    calls = row.get("tool_calls")
+    if calls is None:
+        raise Bad("tool_calls", "missing (the expected calls, [{name, arguments}]; a messages row may instead "
+                                "carry them as its assistant tool_calls)")
+    if isinstance(calls, str):
+        calls = _json_value(row, "tool_calls", (list,), "a list of tool calls")
+    if not isinstance(calls, list):
+        raise Bad("tool_calls", f"expected a list of tool calls, got {_type(calls)}")
+    return [tool_call_of(c, f"tool_calls[{j}]") for j, c in enumerate(calls)]
+
+
+def _max_turns(row: dict, default: int) -> int:
+    mt = row.get("max_turns")
+    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
+        raise Bad("max_turns", f"expected a positive integer, got {mt!r}")
+    return mt if mt is not None else default
+
+
+def _env_inventory(row: dict) -> dict:
+    """The inventory environment (``rewards.envs.InventoryEnv``): the expected calls (``tool_calls``) are replayed
+    on ``initial_state``, giving the ``reference_state`` the agent verifier compares with."""
     from ..envs import InventoryEnv, ToolCall
 
+    calls = _expected_calls(row)
     state = _json_value(row, "initial_state", (dict,), "an object {stock: {...}, price: {...}}")
     for k in ("stock", "price"):
         if not isinstance(state.get(k, {}), dict):
@@ -259,37 +283,67 @@ def _env_inventory(row: dict, calls: list[dict]) -> dict:
         ref = _json_value(row, "reference_state", (dict,), "an object")
         if json.dumps(ref, sort_keys=True) != final:
             raise Bad("reference_state", "differs from replaying tool_calls on initial_state")
-    return {"initial_state": json.dumps(state, sort_keys=True), "reference_state": final}
-
-
-# env name -> fn(row, calls) -> the fields the domain's verifier reads. Another environment (e.g. BFCL's
-# executable or AST-matched calls) registers here with the verifier that reads what it returns.
-AGENT_ENVS: dict[str, Callable[[dict, list[dict]], dict]] = {"inventory": _env_inventory}
-
-
-def _spec_agent(row: dict) -> dict:
-    calls = row.get("tool_calls")
-    if calls is None:
-        raise Bad("tool_calls", "missing (the expected calls, [{name, arguments}]; a messages row may instead "
-                                "carry them as its assistant tool_calls)")
-    if isinstance(calls, str):
-        calls = _json_value(row, "tool_calls", (list,), "a list of tool calls")
-    if not isinstance(calls, list):
-        raise Bad("tool_calls", f"expected a list of tool calls, got {_type(calls)}")
-    calls = [tool_call_of(c, f"tool_calls[{j}]") for j, c in enumerate(calls)]
-    env = row.get("env") or "inventory"
-    if env not in AGENT_ENVS:
-        raise Bad("env", f"unknown environment {env!r} (known: {', '.join(AGENT_ENVS)})")
-    out = {"tool_calls": calls, "env": env, "reference_actions": json.dumps(calls), **AGENT_ENVS[env](row, calls)}
+    out = {"tool_calls": calls, "reference_actions": json.dumps(calls),
+           "initial_state": json.dumps(state, sort_keys=True), "reference_state": final}
     a = row.get("answer")
     if a is not None and (not isinstance(a, (str, int, float)) or isinstance(a, bool)):
         raise Bad("answer", f"expected a string or a number, got {_type(a)}")
     out["answer"] = "" if a is None else str(a).strip()
-    mt = row.get("max_turns")
-    if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-        raise Bad("max_turns", f"expected a positive integer, got {mt!r}")
-    out["max_turns"] = mt if mt is not None else max(4, len(calls) + 1)   # room for one call per turn + the answer
+    out["max_turns"] = _max_turns(row, max(4, len(calls) + 1))   # room for one call per turn + the answer
     return out
+
+
+def _env_bfcl(row: dict) -> dict:
+    """BFCL function calling (``rewards.envs.BfclEnv``): ``functions`` (BFCL's function docs) and ``ground_truth``
+    (BFCL's possible answers ``[{name: {param: [allowed]}}]`` or plain ``{name, arguments}`` calls; ``[]``: no call
+    is right), each a list or its JSON; ``tool_calls`` is not read. ``checker`` defaults to ``ast`` (BFCL's official
+    AST checker, which needs the bfcl-eval package); ``category`` defaults to the one the calls imply."""
+    from ..envs.bfcl import CHECKERS, CHECKER_MODULES, BfclMissing, check_functions, infer_category, \
+        official_ast_checker, possible_answers
+
+    def bad(field: str, e: ValueError) -> Bad:       # "[1].name: missing" -> field "functions[1].name"
+        where, _, problem = str(e).partition(": ")
+        return Bad(field + where, problem) if where.startswith("[") and problem else Bad(field, str(e))
+
+    try:
+        functions = check_functions(_json_value(row, "functions", (list,), "a list of function docs"))
+    except ValueError as e:
+        raise bad("functions", e) from None
+    try:
+        truth = possible_answers(_json_value(row, "ground_truth", (list,), "a list of expected calls"), functions)
+    except ValueError as e:
+        raise bad("ground_truth", e) from None
+    checker = row.get("checker") or "ast"
+    if not isinstance(checker, str) or (checker not in CHECKERS and checker not in CHECKER_MODULES):
+        raise Bad("checker", f"unknown BFCL checker {checker!r} (known: {', '.join(sorted(CHECKERS))})")
+    if checker == "ast" and truth:
+        try:
+            official_ast_checker()
+        except BfclMissing as e:
+            raise Bad("checker", f"ast: {e}") from None
+    category = row.get("category") or infer_category(functions, truth)
+    if not isinstance(category, str):
+        raise Bad("category", f"expected a string, got {_type(category)}")
+    return {"functions": json.dumps(functions), "ground_truth": json.dumps(truth), "checker": checker,
+            "category": category, "max_turns": _max_turns(row, 1)}
+
+
+def _env_python(row: dict) -> dict:
+    """The Python tool (``rewards.envs.PythonEnv``): a code task in HumanEval's fields, as the code domain's."""
+    return {**_spec_code(row), "max_turns": _max_turns(row, 3)}
+
+
+# env name -> fn(row) -> the fields the agent verifier and the row's environment read (raises Bad naming the
+# field). Another environment registers here with the verifier that reads what it returns.
+AGENT_ENVS: dict[str, Callable[[dict], dict]] = {"inventory": _env_inventory, "bfcl": _env_bfcl,
+                                                 "python": _env_python}
+
+
+def _spec_agent(row: dict) -> dict:
+    env = row.get("env") or "inventory"
+    if not isinstance(env, str) or env not in AGENT_ENVS:
+        raise Bad("env", f"unknown environment {env!r} (known: {', '.join(AGENT_ENVS)})")
+    return {"env": env, **AGENT_ENVS[env](row)}
 
 
 # domain -> fn(row) -> the normalized fields its verifier reads (raises Bad naming the field)
@@ -386,6 +440,10 @@ def _split_names(spec: str) -> list[str]:
 def load_rows(domain: str, split: str, n: int, source: dict) -> list[dict]:
     """The first ``n`` rows of the source's ``train_split`` / ``eval_split`` (``datasets`` split syntax, e.g.
     ``train[32:]``) as samples; the first bad row raises :class:`RowError` (one line)."""
+    if source.get("source") == "bfcl":        # BFCL's categories from the bfcl-eval package (rewards/tasks/bfcl.py)
+        from .bfcl import load_bfcl
+
+        return load_bfcl(domain, split, n, source)
     import datasets
 
     label = source_label(source)

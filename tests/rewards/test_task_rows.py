@@ -203,7 +203,8 @@ def test_generated_default_unchanged():
      ["row 1: initial_state: missing"]),
     ("agent", {"prompt": "Add.", "tool_calls": [{"function": {"arguments": "{}"}}], "initial_state": "{}"},
      ["row 1: tool_calls[0].function.name: missing"]),
-    ("agent", {"prompt": "Add.", "tool_calls": [], "env": "bfcl"}, ["row 1: env: unknown environment 'bfcl'"]),
+    ("agent", {"prompt": "Add.", "tool_calls": [], "env": "teleport"}, ["row 1: env: unknown environment 'teleport'"]),
+    ("agent", {"prompt": "Call.", "env": "bfcl"}, ["row 1: functions: missing"]),
 ])
 def test_bad_row_is_one_line_naming_source_row_and_field(tmp_path, domain, row, parts):
     good = {"math": {"prompt": "2+2?", "answer": "4"},

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def fleet(ray_local, tiny_dir):
+def fleet(ray_vllm, tiny_dir):
     from rollout.config import FleetConfig
     from rollout.fleet import start_fleet
 
@@ -23,7 +23,7 @@ def _greedy(engine, prompts):
     return [c[0].token_ids for c in out]
 
 
-def test_lease_push_replace_and_count(ray_local, fleet, tiny_dir):
+def test_lease_push_replace_and_count(ray_vllm, fleet, tiny_dir):
     from transformers import AutoModelForCausalLM
 
     from rollout.engines import folder_weights
@@ -48,7 +48,7 @@ def test_lease_push_replace_and_count(ray_local, fleet, tiny_dir):
     t.join(3)
     assert not got, "a second lease of a 1-engine fleet must wait"
 
-    ray_local.kill(a.actor)                               # the engine dies under the lease
+    ray_vllm.kill(a.actor)                               # the engine dies under the lease
     after = _greedy(a, prompts)                           # replaced, our weights pushed again, same samples
     assert after == before
     a.close()
@@ -58,5 +58,5 @@ def test_lease_push_replace_and_count(ray_local, fleet, tiny_dir):
     b.load_weights(folder_weights(tiny_dir, True))   # the starting model again: other samples
     assert _greedy(b, prompts) != before
     b.close()
-    stats = ray_local.get(fleet.stats.remote())
+    stats = ray_vllm.get(fleet.stats.remote())
     assert stats["engines"] == 1 and stats["starts"] == 2 and stats["replacements"] == 1 and stats["leases"] == 2

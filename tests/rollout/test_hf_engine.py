@@ -70,6 +70,7 @@ def test_weight_sync_changes_outputs(tiny_dir):
 
 
 def test_encoding_matches_chat_template_and_masks_model_tokens(tiny_dir):
+    from core.chat import TOOL_CALLS
     from rewards.tasks import demonstration, system_message
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -79,5 +80,6 @@ def test_encoding_matches_chat_template_and_masks_model_tokens(tiny_dir):
         ids, mask = encode_conversation(tok, msgs, mode)
         assert tok.decode(ids) == tok.apply_chat_template(msgs, tokenize=False, mode=mode)
         model_text = tok.decode([i for i, m in zip(ids, mask) if m])
-        assert "<|tool|>" not in model_text and "<|user|>" not in model_text and "<tool_call>" in model_text
+        assert "<|tool|>" not in model_text and "<|user|>" not in model_text and TOOL_CALLS in model_text
+        assert "<tool_result>" not in model_text        # tool results come back in the user turn, never trained
         assert model_text.count("<|end|>") == sum(m["role"] == "assistant" for m in msgs)

@@ -164,7 +164,7 @@ vllm_only = [pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def fleet(ray_local, tiny_dir):
+def fleet(ray_vllm, tiny_dir):
     from rollout.config import FleetConfig
     from rollout.fleet import start_fleet
 
@@ -229,7 +229,7 @@ PROMPTS = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_collective_sync_equals_learner_twice(ray_local, fleet, learner_model):
+def test_collective_sync_equals_learner_twice(ray_vllm, fleet, learner_model):
     from rollout.fleet import LeasedEngine
 
     engine = LeasedEngine(fleet, "collective")
@@ -238,7 +238,7 @@ def test_collective_sync_equals_learner_twice(ray_local, fleet, learner_model):
         sender = None
         for round_ in range(2):                                  # a fresh weight set, twice: a re-sync
             sd = _fresh(learner_model, seed=round_)
-            before = _read_back(ray_local, engine)
+            before = _read_back(ray_vllm, engine)
             assert any(not torch.equal(before[k], sd[k]) for k in sd if k in before)   # the read-back sees it
             s = engine.load_weights(sd)
             info = engine.last_sync
@@ -248,18 +248,18 @@ def test_collective_sync_equals_learner_twice(ray_local, fleet, learner_model):
             if sender is None:
                 sender = engine._sender
             assert engine._sender is sender                      # the same group: formed once per lease
-            _assert_served(_read_back(ray_local, engine), sd)
+            _assert_served(_read_back(ray_vllm, engine), sd)
         eos = engine.info.get("eos_token_id")
         assert _greedy(engine, PROMPTS) == _hf_greedy(learner_model, sd, PROMPTS, eos)
     finally:
         engine.close()
     actor = engine.actor
-    assert ray_local.get(actor.__ray_call__.remote(lambda a: getattr(a, "_sync_receiver", None) is None))
+    assert ray_vllm.get(actor.__ray_call__.remote(lambda a: getattr(a, "_sync_receiver", None) is None))
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_object_store_forced_and_fallback(ray_local, fleet, learner_model, monkeypatch, caplog):
+def test_object_store_forced_and_fallback(ray_vllm, fleet, learner_model, monkeypatch, caplog):
     from rollout.fleet import LeasedEngine
     from rollout.weight_sync import WeightSender
 
@@ -269,7 +269,7 @@ def test_object_store_forced_and_fallback(ray_local, fleet, learner_model, monke
         engine.load_weights(sd)
         assert engine.last_sync["path"] == "object_store" and engine._sender is None
         assert engine.describe()["weight_sync"] == "object_store"
-        _assert_served(_read_back(ray_local, engine), sd)
+        _assert_served(_read_back(ray_vllm, engine), sd)
     finally:
         engine.close()
 
@@ -291,20 +291,20 @@ def test_object_store_forced_and_fallback(ray_local, fleet, learner_model, monke
         assert "\n" not in warnings[0].getMessage() and "could not" in warnings[0].getMessage()
         assert not engine.collective and engine.fallback and engine.last_sync["path"] == "object_store"
         assert engine.describe()["weight_sync"] == "object_store"
-        _assert_served(_read_back(ray_local, engine), sd)
+        _assert_served(_read_back(ray_vllm, engine), sd)
         sd = _fresh(learner_model, seed=12)
         engine.load_weights(sd)                                  # no second attempt at the group
         assert engine.last_sync["path"] == "object_store"
         assert len([r for r in caplog.records if r.name == "rollout.fleet"]) == 1
         assert not [r for r in caplog.records if "Unhandled error" in r.getMessage()]
-        _assert_served(_read_back(ray_local, engine), sd)
+        _assert_served(_read_back(ray_vllm, engine), sd)
     finally:
         engine.close()
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_replaced_engine_gets_the_last_collective_weights(ray_local, fleet, learner_model):
+def test_replaced_engine_gets_the_last_collective_weights(ray_vllm, fleet, learner_model):
     from rollout.fleet import LeasedEngine
 
     engine = LeasedEngine(fleet, "replace")
@@ -314,12 +314,12 @@ def test_replaced_engine_gets_the_last_collective_weights(ray_local, fleet, lear
         assert engine.last_sync["path"] == "collective"
         before = _greedy(engine, PROMPTS)
         _fresh(learner_model, seed=21)                           # the learner moves on; the snapshot does not
-        ray_local.kill(engine.actor)                             # the engine dies under the lease
+        ray_vllm.kill(engine.actor)                             # the engine dies under the lease
         after = _greedy(engine, PROMPTS)                         # replaced, the last weights pushed again
         assert after == before
         assert engine.last_sync["path"] == "collective"          # through a new group with the new engine
-        _assert_served(_read_back(ray_local, engine), sd)
+        _assert_served(_read_back(ray_vllm, engine), sd)
     finally:
         engine.close()
-    stats = ray_local.get(fleet.stats.remote())
+    stats = ray_vllm.get(fleet.stats.remote())
     assert stats["replacements"] == 1 and stats["weight_sync"]["mode"] == "collective"
