@@ -4,7 +4,8 @@ DeepSeek-V4's agent format (DSML tool calls, tool results in the user turn).
 DeepSeek's encoding: a non-think assistant turn is prefilled with ``</think>`` (empty reasoning), a think turn with
 ``<think>``; Think Max additionally puts a dedicated prefix before the system prompt. ``CHAT_TEMPLATE`` (the Jinja
 template every tokenizer of a run carries) renders exactly these strings; ``render_prompt`` is its pure-Python twin for
-code that has no tokenizer at hand, and a test keeps the two in step. This module is the one place the protocol lives.
+code that has no tokenizer at hand, and a test keeps the two in step. This module is the one place the protocol lives
+(the DSML block's tags, writer and parser are in ``core.dsml``, re-exported here).
 
 **Tool calls** (DeepSeek-V4's ``encoding/README.md``, mirrored in vLLM as ``vllm/tokenizers/deepseek_v4_encoding.py``):
 the assistant turn ends with a DSML block after its content, then the end token::
@@ -40,7 +41,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+
+from .dsml import (DSML, END_INVOKE, END_PARAM, END_TOOL_CALLS, INVOKE, JSON_VALUE, MAX_CALL_CHARS,
+                   MAX_CALLS_PER_TURN, MAX_NAME_CHARS, PARAM, STRING_VALUE, TOOL_CALLS, ToolCall, _function,
+                   format_tool_call, format_tool_calls, parse_tool_calls)
 
 MODES = ("non_think", "think_high", "think_max")
 
@@ -52,15 +56,6 @@ END = "<|end|>"
 PAD = "<|pad|>"
 THINK = "<think>"
 END_THINK = "</think>"
-DSML = "｜DSML｜"                                  # V4's dsml_token (full-width vertical bars)
-TOOL_CALLS = f"<{DSML}tool_calls>"
-END_TOOL_CALLS = f"</{DSML}tool_calls>"
-INVOKE = f'<{DSML}invoke name="'                   # + name + '">'
-END_INVOKE = f"</{DSML}invoke>"
-PARAM = f'<{DSML}parameter name="'                 # + name + STRING_VALUE | JSON_VALUE + value
-STRING_VALUE = '" string="true">'                  # the rest of the parameter's opening tag: a string value
-JSON_VALUE = '" string="false">'                   # ... a JSON value
-END_PARAM = f"</{DSML}parameter>"
 TOOL_RESULT = "<tool_result>"
 END_TOOL_RESULT = "</tool_result>"
 SPECIAL_TOKENS = [PAD, BOS, SYSTEM, USER, ASSISTANT, END, THINK, END_THINK, TOOL_CALLS, END_TOOL_CALLS, INVOKE,
@@ -91,11 +86,6 @@ def system_prompt(mode: str, system: str | None = None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ tools, calls
-def _function(tool: dict) -> dict:
-    """The function of an OpenAI-style tool (``{"type": "function", "function": {...}}``) or a bare function."""
-    return tool["function"] if "function" in tool else tool
-
-
 def render_tools(tools: list[dict]) -> str:
     """The tools section of the system prompt: ``## Tools`` then one line per tool, ``name(param: type, opt?: type)``
     and `` - description`` when it has one; a parameter whose schema is more than a bare ``{"type": ...}`` shows its
@@ -113,28 +103,6 @@ def render_tools(tools: list[dict]) -> str:
         args = ", ".join(f"{k}{'' if k in req else '?'}: {kind(v)}" for k, v in props.items())
         lines.append(f"{f['name']}({args})" + (" - " + f["description"] if f.get("description") else ""))
     return "\n".join(lines)
-
-
-def _value(v) -> tuple[str, str]:
-    return (STRING_VALUE, v) if isinstance(v, str) else (JSON_VALUE, json.dumps(v, ensure_ascii=False))
-
-
-def format_tool_calls(calls: list[dict]) -> str:
-    """The DSML block of ``calls`` (``[{"name", "arguments": dict}]`` or OpenAI's ``[{"function": {...}}]``), exactly
-    as V4's ``encode_arguments_to_dsml`` / ``tool_calls_template`` write it (no leading separator)."""
-    invokes = []
-    for c in calls:
-        f = _function(c)
-        if not isinstance(f.get("arguments"), dict):
-            raise TypeError("tool call arguments must be a dict (the chat template cannot parse JSON strings)")
-        params = [f'{PARAM}{k}{s}{v}{END_PARAM}' for k, (s, v) in
-                  ((k, _value(v)) for k, v in f["arguments"].items())]
-        invokes.append(f'{INVOKE}{f["name"]}">\n' + "\n".join(params) + "\n" + END_INVOKE)
-    return TOOL_CALLS + "\n" + "\n".join(invokes) + "\n" + END_TOOL_CALLS
-
-
-def format_tool_call(name: str, arguments: dict) -> str:
-    return format_tool_calls([{"name": name, "arguments": arguments}])
 
 
 def assistant_text(message: dict) -> str:
@@ -160,114 +128,6 @@ def escape_specials(text: str) -> str:
     ``&quot;``), for tool output placed in the context:
     a program that prints ``<|end|>`` or ``</tool_result>`` cannot close its turn or forge one."""
     return _SPECIAL_RE.sub(lambda m: _ENTITY[m.group(0)[0]] + m.group(0)[1:], text)
-
-
-@dataclass
-class ToolCall:
-    name: str | None
-    arguments: dict = field(default_factory=dict)
-    error: str | None = None      # a malformed call: answered with an error observation, never executed
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "arguments": self.arguments}
-
-
-MAX_CALLS_PER_TURN = 8      # more calls in one turn: one error observation for the rest
-MAX_CALL_CHARS = 16_000     # an invoke longer than this is malformed (no JSON parse of megabytes)
-MAX_NAME_CHARS = 64
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_WS = " \t\r\n"
-
-
-def _skip_ws(text: str, i: int, end: int) -> int:
-    while i < end and text[i] in _WS:
-        i += 1
-    return i
-
-
-def _parse_invoke(text: str, a: int, b: int) -> ToolCall:
-    """The invoke element ``text[a:b]`` (``a`` just after ``<｜DSML｜invoke name="``, ``b`` at its closing tag)."""
-    q = text.find('">', a, b)
-    name = text[a:q] if q >= 0 else None
-    if name is None or len(name) > MAX_NAME_CHARS or not _NAME_RE.fullmatch(name):
-        return ToolCall(None, {}, "malformed tool call: bad invoke name")
-    args, i = {}, q + 2
-    while True:
-        i = _skip_ws(text, i, b)
-        if i >= b:
-            return ToolCall(name, args)
-        if not text.startswith(PARAM, i):
-            return ToolCall(name, {}, "malformed tool call: expected a parameter")
-        s = i + len(PARAM)
-        e = text.find('"', s, b)
-        if e < 0:
-            return ToolCall(name, {}, "malformed tool call: unterminated parameter name")
-        pname = text[s:e]
-        if len(pname) > MAX_NAME_CHARS or not _NAME_RE.fullmatch(pname):
-            return ToolCall(name, {}, "malformed tool call: bad parameter name")
-        if text.startswith(STRING_VALUE, e):
-            is_str, v0 = True, e + len(STRING_VALUE)
-        elif text.startswith(JSON_VALUE, e):
-            is_str, v0 = False, e + len(JSON_VALUE)
-        else:
-            return ToolCall(name, {}, 'malformed tool call: parameter needs string="true" or string="false"')
-        v1 = text.find(END_PARAM, v0, b)
-        if v1 < 0:
-            return ToolCall(name, {}, "malformed tool call: unclosed parameter")
-        raw = text[v0:v1]
-        if pname in args:
-            return ToolCall(name, {}, f"malformed tool call: duplicate parameter {pname}")
-        if is_str:
-            args[pname] = raw
-        else:
-            try:
-                args[pname] = json.loads(raw)
-            except (ValueError, RecursionError) as err:  # JSONDecodeError, int-digit limit, too deep
-                return ToolCall(name, {}, f"malformed tool call: parameter {pname} is not JSON "
-                                          f"({err.__class__.__name__})")
-        i = v1 + len(END_PARAM)
-
-
-def parse_tool_calls(text: str) -> list[ToolCall]:
-    """Every invoke of every DSML ``tool_calls`` block in ``text``, in order; malformed ones carry ``error`` (never an
-    exception). String parameters are taken as written, ``string="false"`` ones with ``json.loads`` (never ``eval``).
-    Linear time: the scan only moves forward and each region is searched once."""
-    calls: list[ToolCall] = []
-    pos = 0
-    while True:
-        i = text.find(TOOL_CALLS, pos)
-        if i < 0:
-            return calls
-        j = text.find(END_TOOL_CALLS, i + len(TOOL_CALLS))
-        if j < 0:
-            calls.append(ToolCall(None, {}, f"malformed tool call: unclosed {TOOL_CALLS}"))
-            return calls
-        if len(calls) >= MAX_CALLS_PER_TURN:
-            calls.append(ToolCall(None, {}, f"too many tool calls in one turn (max {MAX_CALLS_PER_TURN})"))
-            return calls
-        k, n_before = i + len(TOOL_CALLS), len(calls)
-        while True:
-            k = _skip_ws(text, k, j)
-            if k >= j:
-                break
-            if len(calls) >= MAX_CALLS_PER_TURN:
-                calls.append(ToolCall(None, {}, f"too many tool calls in one turn (max {MAX_CALLS_PER_TURN})"))
-                return calls
-            if not text.startswith(INVOKE, k):
-                calls.append(ToolCall(None, {}, "malformed tool call: unexpected text in the tool_calls block"))
-                break
-            e = text.find(END_INVOKE, k, j)
-            if e < 0:
-                calls.append(ToolCall(None, {}, "malformed tool call: unclosed invoke"))
-                break
-            if e - k > MAX_CALL_CHARS:
-                calls.append(ToolCall(None, {}, f"malformed tool call: longer than {MAX_CALL_CHARS} characters"))
-            else:
-                calls.append(_parse_invoke(text, k + len(INVOKE), e))
-            k = e + len(END_INVOKE)
-        if len(calls) == n_before:
-            calls.append(ToolCall(None, {}, "malformed tool call: empty tool_calls block"))
-        pos = j + len(END_TOOL_CALLS)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -411,3 +271,11 @@ CHAT_TEMPLATE = (
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- " + _q(ASSISTANT) + " ~ pre -}}{%- endif -%}"
 )
+
+
+__all__ = ["ASSISTANT", "BOS", "CHAT_TEMPLATE", "DSML", "END", "END_INVOKE", "END_PARAM", "END_THINK", "END_TOOL_CALLS",
+           "END_TOOL_RESULT", "INVOKE", "JSON_VALUE", "MAX_CALLS_PER_TURN", "MAX_CALL_CHARS", "MAX_NAME_CHARS", "MODES",
+           "PAD", "PARAM", "SPECIAL_TOKENS", "STRING_VALUE", "SYSTEM", "THINK", "THINK_MAX_PREFIX", "TOOL_CALLS",
+           "TOOL_RESULT", "ToolCall", "USER", "assistant_text", "check_mode", "escape_specials", "format_tool_call",
+           "format_tool_calls", "parse_tool_calls", "prefill", "render_prompt", "render_tools", "segments",
+           "split_reasoning", "system_prompt", "tool_results"]
