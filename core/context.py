@@ -118,7 +118,7 @@ class StageContext:
             return []
         rows = self.evaluator(model_id or self.stage_id, Path(folder or self.final_dir), cells, log=self.log.info)
         if folder is None or Path(folder) == self.final_dir:
-            self.manifest.update(eval_rows=rows)
+            self.manifest.update(eval_rows=rows, eval_rollout=getattr(self.evaluator, "rollout", None))
         return rows
 
 

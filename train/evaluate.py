@@ -38,7 +38,7 @@ from rewards.tasks.agent import system_for
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
-from rollout.engines import rollout_engine
+from rollout.engines import describe, rollout_engine
 
 GREEDY = ("reward_mean", "accuracy", "length_mean")
 
@@ -130,6 +130,7 @@ class HeldOutEvaluator:
         self.h, self.workers, self.humaneval_limit = heldout, max(1, workers), humaneval_limit
         self.fleet, self.who, self.device = fleet, who, device
         self._tasks: dict[str, list[dict]] = {}
+        self.rollout: dict | None = None
 
     def engine_for(self, folder, tok):
         return rollout_engine(self.h.engine, folder, tok, self.fleet, f"{self.who}:eval", self.device)
@@ -147,6 +148,7 @@ class HeldOutEvaluator:
             return []
         tok = AutoTokenizer.from_pretrained(str(folder))
         engine = self.engine_for(folder, tok)
+        self.rollout = describe(engine)    # which engine served the evaluation (the manifest's eval_rollout)
         try:
             rows = []
             for d, m in cells:

@@ -37,6 +37,7 @@ def test_run_skip_rerun_and_failure(tmp_path):
     manifest = json.loads((run_dir / "sft.math" / "manifest.json").read_text())
     assert {"config_hash", "inputs_hash", "started", "finished", "outputs", "metrics", "output_hash",
             "eval_rows"} <= set(manifest)
+    assert manifest["eval_rollout"]["engine"] == "hf" and "served" in manifest["eval_rollout"]   # which engine sampled
 
     # same command again, and with operational changes only (checkpoint cadence and retention, resources,
     # logging): nothing re-runs
