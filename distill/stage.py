@@ -78,6 +78,7 @@ def run(ctx) -> dict:
             loop.log(loss=res.loss, lr=res.lr, grad_norm=res.grad_norm, **kl_means(res.metrics),
                      **step_metrics(trajs, requests, payloads, pool, learner),
                      gen_s=t_gen - t0, teacher_s=t_teach - t_gen, train_s=t_train - t_teach, sync_s=sync_s,
+                     tokens_per_s=sum(t.n_tokens for t in trajs) / max(t_gen - t0, 1e-9),   # rollout throughput
                      step_s=time.perf_counter() - t0)
     finally:
         pool.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from core.config import (DOMAINS, MODES, Mode, Resources, Strict, digest, first_error, identity, operational)
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
@@ -128,7 +128,7 @@ class TaskSource(Strict):
         if self.source == "bfcl":
             # the split is BFCL's own (by id hash); nothing of a datasets source applies
             for key in ("data_files", "train_split", "eval_split", "fields", "params"):
-                if key in self.model_fields_set:
+                if getattr(self, key) != type(self).model_fields[key].default:   # (a dumped recipe sets defaults)
                     raise ValueError(f"{key}: does not apply to source bfcl (its rows come from the bfcl-eval "
                                      f"package, split into train and held-out by a hash of each id; choose them "
                                      f"with bfcl: {{categories, max_chars}})")
@@ -223,6 +223,12 @@ class Suites(Strict):
                     raise ValueError(f"unknown suite {name!r} (known: {', '.join(SUITE_DOMAINS)})")
             v = {k: ({} if o is None else o) for k, o in v.items()}
         return v
+
+    @model_serializer(mode="wrap")
+    def _enabled_only(self, handler):
+        """Only the suites that run: a dumped recipe (run_dir/recipe.yaml) reads back the same (``bfcl: null``
+        would read back as ``bfcl:`` with no options, i.e. on)."""
+        return {k: v for k, v in handler(self).items() if v is not None}
 
     def names(self) -> list[str]:
         return [n for n in SUITE_DOMAINS if getattr(self, n) is not None]

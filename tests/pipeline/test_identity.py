@@ -144,3 +144,15 @@ def test_extends_merges_mappings_and_refuses_bad_bases(tmp_path):
 def test_eval_exclude_names_a_stage():
     with pytest.raises(RecipeError, match="eval.exclude: no stage 'bootstrapp'"):
         build_graph(load_recipe(THINK_MAX, ["eval.exclude=[bootstrapp]"], check=False), check=False)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_the_recipe_a_run_writes_reads_back_to_the_same_stages(path):
+    """run_dir/recipe.yaml (the resolved recipe, every default written out) is read back by `pipeline export`, the
+    report and the efficacy table: it must validate and give the same stage hashes (a `bfcl: null` suite read back
+    as `bfcl:` -- on -- and a dumped `source: bfcl` task failed its own validation)."""
+    r = load_recipe(path, check=False)
+    back = Recipe.model_validate(yaml.safe_load(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False)))
+    assert {s.id: config_hash(s) for s in build_graph(back, check=False)} == \
+        {s.id: config_hash(s) for s in build_graph(r, check=False)}
+    assert back.eval.suites.names() == r.eval.suites.names()
