@@ -13,7 +13,7 @@ drawn by a seeded RNG; the last run completes and everything equals an uninterru
 6. SIGKILL after a random delay from launch.
 7. The last run completes.
 
-After every run the stages that were complete keep their manifest ``token``/``finished`` (never re-run); at the end
+After every run the stages that were complete keep their manifest ``output_hash``/``finished`` (never re-run); at the end
 ``metrics.jsonl`` of every trained stage has steps 1..N once each, and the consumed-sample counts (``samples_seen``;
 distill: the running sum of ``sequences``) and the losses equal the reference run's: nothing replayed, nothing skipped.
 """
@@ -137,7 +137,7 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
         for s, m in before.items():
             if m.get("status") == "complete":
                 now = manifest(run_dir, s)
-                assert (now["token"], now["finished"]) == (m["token"], m["finished"]), (what, s)
+                assert (now["output_hash"], now["finished"]) == (m["output_hash"], m["finished"]), (what, s)
         events.append({"event": what, **(info or {})})
 
     def after_checkpoints(sid, k, jitter):
@@ -229,7 +229,7 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for s, m in before.items():
         if m.get("status") == "complete":
-            assert manifest(run_dir, s)["token"] == m["token"] and f"[done] {s}: up to date" in r.stdout, s
+            assert manifest(run_dir, s)["finished"] == m["finished"] and f"[done] {s}: up to date" in r.stdout, s
     assert all(manifest(run_dir, s)["status"] == "complete" for s in STAGES)
     assert _sha(run_dir / SFT / "final") == finals[SFT]
     assert_same_as_ref(run_dir, ref)

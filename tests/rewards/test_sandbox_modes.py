@@ -34,12 +34,13 @@ SETPRIV_NO_SYS_ADMIN = ["--bounding-set", "-sys_admin", "--inh-caps", "-sys_admi
 RERUN_K = ("not loop_at_import and not sleep_past_deadline and not in_a_user_namespace and not sandbox_unavailable "
            "and not masked_proc")
 # an ordinary user: a private mount namespace where the Python installation (which may sit under a mode-700 /root)
-# is bound at /mnt/python and /tmp is a private tmpfs, then every id and capability dropped
+# is bound at /mnt/python and a private tmpfs at /mnt/scratch is its TMPDIR and HOME (not a tmpfs over /tmp: a
+# checkout under /tmp, as `git clone . /tmp/x` makes, would vanish), then every id and capability dropped
 AS_NOBODY = """set -e
 mount -t tmpfs -o mode=0755,size=1m none /mnt
-mkdir /mnt/python
+mkdir /mnt/python /mnt/scratch
 mount --bind "$1" /mnt/python
-mount -t tmpfs -o mode=1777,size=64m none /tmp
+mount -t tmpfs -o mode=1777,size=64m none /mnt/scratch
 shift
 exec setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps -all --bounding-set -all -- "$@"
 """
@@ -64,7 +65,8 @@ def _rerun_command(kind: str) -> tuple[list[str], dict]:
     if exe.startswith(".."):
         pytest.skip(f"the interpreter {sys.executable} is not inside its installation {home}")
     site = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONPATH": ":".join([str(ROOT), *site]),
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/mnt/scratch", "TMPDIR": "/mnt/scratch", "LANG": "C.UTF-8",
+           "PYTHONPATH": ":".join([str(ROOT), *site]),
            "REWARDS_SANDBOX_EXPECT_MODE": USER_NS_1UID}
     cmd = [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", AS_NOBODY, "sh", home,
            os.path.join("/mnt/python", exe)]
