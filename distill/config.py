@@ -36,10 +36,7 @@ class GeneralistConfig(Strict):
     @field_validator("repeats")
     @classmethod
     def _nonneg(cls, v):
-        for d, n in v.items():
-            if n < 0:
-                raise ValueError(f"{d}: must be >= 0, got {n}")
-        return v
+        return _nonnegative(v)
 
 
 class GeneralistStage(Strict):
@@ -56,6 +53,13 @@ class GeneralistStage(Strict):
     save_every: int = operational(50)
     keep_checkpoints: int = operational(2)
     heldout: HeldOut = operational(None)
+
+
+def _nonnegative(v: dict) -> dict:
+    for k, n in v.items():
+        if n < 0:
+            raise ValueError(f"{k}: must be >= 0, got {n}")
+    return v
 
 
 def domain_repeats(weights: dict[str, float], domains: list[str]) -> dict[str, int]:
@@ -155,9 +159,7 @@ class DistillConfig(Strict):
     @field_validator("mixture")
     @classmethod
     def _weights(cls, v):
-        for k, w in v.items():
-            if w < 0:
-                raise ValueError(f"{k}: weight must be >= 0, got {w}")
+        _nonnegative(v)
         if v and not any(v.values()):
             raise ValueError("all weights are 0")
         return v

@@ -42,6 +42,17 @@ def tiny_recipe(tmp_path: Path, name="tiny", **over) -> Path:
     return f
 
 
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory):
+    """`datasets` caches every file it loads: keep a module's tmp files out of the user's cache."""
+    import datasets
+
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets")
+    yield
+    datasets.config.HF_DATASETS_CACHE = old
+
+
 @pytest.fixture
 def recipe_file(tmp_path):
     return tiny_recipe(tmp_path)

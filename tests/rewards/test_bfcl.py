@@ -19,15 +19,7 @@ from rewards.tasks.rows import AGENT_ENVS, RowError
 BFCL = {"source": "bfcl"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _datasets_cache(tmp_path_factory):
-    """`datasets` caches every file it loads: keep this module's tmp files out of the user's cache."""
-    import datasets
-
-    old = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets")
-    yield
-    datasets.config.HF_DATASETS_CACHE = old
+pytestmark = pytest.mark.usefixtures("datasets_cache")   # tests/conftest.py
 
 
 def _demo_text(sample: dict) -> str:

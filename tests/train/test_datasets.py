@@ -16,15 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODES_ = list(MODES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _datasets_cache(tmp_path_factory):
-    """`datasets` caches every file it loads: keep this module's tmp files out of the user's cache."""
-    import datasets
-
-    old = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets")
-    yield
-    datasets.config.HF_DATASETS_CACHE = old
+pytestmark = pytest.mark.usefixtures("datasets_cache")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
