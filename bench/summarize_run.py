@@ -80,7 +80,7 @@ def efficacy(run: Path, rows: list[dict]) -> None:
     print(f"\n## The student against its start ({r['start']}), its teachers and the controls\n")
     print("| cell | start | SFT | teacher | student | control.seqkd | headroom | capture |")
     print("|---|---|---|---|---|---|---|---|")
-    fmt = lambda c, k: (f"{c[k]['value']:.3f} [{c[k]['ci'][0]:.2f}, {c[k]['ci'][1]:.2f}]"  # noqa: E731
+    fmt = lambda c, k: (_v({"value": c[k]["value"], "ci_low": c[k]["ci"][0], "ci_high": c[k]["ci"][1]})  # noqa: E731
                         if c.get(k) else "-")
     for c in e["cells"]:
         cap = "-" if c["capture"] is None else f"{c['capture']:.2f}"

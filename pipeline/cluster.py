@@ -13,6 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from core.errors import error_line
 from core.rundir import RunDirError
 
 PROBE_DIR = ".storage-probe"
@@ -91,7 +92,7 @@ def check_shared_storage(run_dir: Path, ray, timeout_s: float = 120.0) -> int:
                     reports.append(ray.get(ref))
                     continue
                 except Exception as e:  # noqa: BLE001 -- the node's task failed: name the node
-                    err = str(e).strip().splitlines()[-1][:200]
+                    err = error_line(e, 200)
             else:
                 err = f"no answer within {timeout_s:.0f}s"
                 ray.cancel(ref, force=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from core.chat import ASSISTANT, BOS, END, END_THINK, PAD, USER, prefill, split_reasoning, tool_results
 
 from .base import Verdict, clean_completion, fail, register_verifier
-from .envs import ToolCall, Trace, clean_observation, env_class, make_env, parse_tool_calls
+from .envs import ToolCall, Trace, clean_observation, make_env, parse_tool_calls
 
 DEFAULT_MAX_TURNS = 4
 
@@ -68,7 +68,6 @@ class AgentEpisode:
         self.env = env_for(sample)
         self.max_turns = int(max_turns or sample.get("max_turns") or DEFAULT_MAX_TURNS)
         self.trace = Trace(mode)
-        self.observations: list[list[str]] = []
         self.done = False
         self.parts: list[str] = []
 
@@ -87,7 +86,7 @@ class AgentEpisode:
             raise RuntimeError("episode is over")
         t = _strip_prefill(assistant_text, self.mode)
         answer, ok = _answer_text(t, self.mode)
-        calls = turn_tool_calls(t, self.mode) if complete else []
+        calls = parse_tool_calls(answer) if complete else []     # turn_tool_calls(t), its answer already split
         tr = self.trace
         tr.format_ok &= ok
         tr.turns.append(t)
@@ -97,7 +96,7 @@ class AgentEpisode:
             tr.end = "length"
         elif not calls:
             tr.end, tr.final = "stop", answer
-        elif env_class(self.sample).stop_after_calls:
+        elif self.env.stop_after_calls:
             tr.end = "tool_calls"
         elif len(tr.turns) >= self.max_turns:
             tr.end = "turn_cap"
@@ -105,7 +104,6 @@ class AgentEpisode:
         if self.done or not self.execute:
             return None, self.done
         obs = [clean_observation(self._run(c)) for c in calls]
-        self.observations.append(obs)
         self.parts.append(USER + tool_results(obs) + END)
         return obs, False
 

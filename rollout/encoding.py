@@ -9,7 +9,7 @@ or tool results. The strings come from ``core.chat`` and match the tokenizer's c
 """
 from __future__ import annotations
 
-from core.chat import ASSISTANT, END, SYSTEM, USER, prefill, segments, tool_results
+from core.chat import ASSISTANT, END, USER, prefill, segments, tool_results
 
 
 def _ids(tok, text: str) -> list[int]:
@@ -26,21 +26,10 @@ def generation_prompt(tok, mode: str) -> list[int]:
     return _ids(tok, ASSISTANT + prefill(mode))
 
 
-def encode_segment(tok, role: str, content: str, mode: str) -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of one system, user or assistant message on its own (an assistant ``content`` is the text
-    after the prefill, tool calls included)."""
-    if role == "assistant":
-        head = _ids(tok, ASSISTANT + prefill(mode))
-        body = _ids(tok, content + END)
-        return head + body, [0] * len(head) + [1] * len(body)
-    marker = {"user": USER, "system": SYSTEM}[role]
-    ids = _ids(tok, marker + content + END)
-    return ids, [0] * len(ids)
-
-
 def encode_tool_results(tok, observations: list[str]) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of the user turn that returns one turn's tool results, in call order (all masked)."""
-    return encode_segment(tok, "user", tool_results(observations), "non_think")
+    ids = _ids(tok, USER + tool_results(observations) + END)
+    return ids, [0] * len(ids)
 
 
 def encode_conversation(tok, messages: list[dict], mode: str,

@@ -37,7 +37,7 @@ import threading
 import time
 
 from .engine import Completion, SamplingParams
-from .weight_sync import DEFAULT_BUCKET_MB, FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, SyncError
+from .weight_sync import FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, SyncError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,13 @@ class Fleet:
     """Owns the engine actors; ``lease``/``release``/``replace``. Wrapped with ``ray.remote`` (threaded) by
     ``start_fleet``."""
 
-    def __init__(self, model_path: str, engines: int, engine_kwargs: dict, actor_options: dict, pg=None,
-                 sync: dict | None = None):
+    def __init__(self, model_path: str, engines: int, engine_kwargs: dict, actor_options: dict, pg, sync: dict):
         import ray
 
         from .vllm_engine import _VLLMActor
 
         self.model_path, self.engine_kwargs, self.actor_options, self.pg = model_path, engine_kwargs, actor_options, pg
-        self.sync = {"mode": "collective", "bucket_mb": DEFAULT_BUCKET_MB, **(sync or {})}   # handed to each lease
+        self.sync = dict(sync)            # {mode, bucket_mb} from FleetConfig (start_fleet), handed to each lease
         self._cls = ray.remote(**actor_options)(_VLLMActor)
         self._cond = threading.Condition()
         self.engines: list = [None] * engines
@@ -163,11 +162,11 @@ class LeasedEngine:
         self.fp4 = bool(self.info.get("fp4"))
         self.max_model_len = self.info.get("max_model_len")   # prompt + completion tokens a request may hold
         self.actor_id = self.actor._actor_id.hex()
-        sync = self.info.get("weight_sync") or {}
-        self.weight_sync = weight_sync or sync.get("mode", "collective")
+        sync = self.info["weight_sync"]                        # the fleet's {mode, bucket_mb} (Fleet.lease)
+        self.weight_sync = weight_sync or sync["mode"]
         if self.weight_sync not in SYNC_MODES:
             raise ValueError(f"weight_sync must be one of {', '.join(SYNC_MODES)}, got {self.weight_sync!r}")
-        self.bucket_bytes = int(float(sync_bucket_mb or sync.get("bucket_mb", DEFAULT_BUCKET_MB)) * 2**20)
+        self.bucket_bytes = int(float(sync_bucket_mb or sync["bucket_mb"]) * 2**20)
         self.form_timeout_s, self.sync_timeout_s = form_timeout_s, sync_timeout_s
         self.collective = self.weight_sync == "collective"   # False after a fallback: object store for the lease
         self.fallback: str | None = None                       # why the lease fell back (one line)

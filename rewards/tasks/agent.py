@@ -17,6 +17,7 @@ import random
 from core.chat import format_tool_calls
 
 from ..envs import InventoryEnv, ToolCall, clean_observation, make_env, replay, system_text
+from .bfcl import NO_CALL_ANSWER, _demo_calls
 
 ITEMS = ["apple", "pear", "plum", "fig", "lime", "kiwi", "melon", "grape", "peach", "mango"]
 KINDS = ["add_report", "remove_report", "set_price", "report", "add_and_price", "add_price_report"]
@@ -162,17 +163,12 @@ def bfcl_row(question: str, functions: list[dict], ground_truth: list[dict], **e
 
 
 def _bfcl_demonstration(s: dict, mode: str) -> list[dict]:
-    """One turn making the ground-truth calls (each parameter's first allowed value), or an answer without calls."""
-    calls = []
-    for t in json.loads(s["ground_truth"]):
-        if "name" in t and "arguments" in t:
-            calls.append(t)
-        else:
-            ((name, params),) = t.items()
-            calls.append({"name": name, "arguments": {k: v[0] for k, v in params.items() if v and v[0] != ""}})
+    """One turn making the ground-truth calls (``bfcl._demo_calls``: each parameter's first allowed value), or an
+    answer without calls."""
+    calls = _demo_calls(json.loads(s["ground_truth"]), json.loads(s["functions"]))
     msgs = [{"role": "user", "content": s["prompt"]}]
     why = {"non_think": None, "think_high": "I call the matching function." if calls else "No function fits.",
            "think_max": ("The question maps onto the given functions; I call them." if calls
                          else "None of the given functions answers this; I say so.")}[mode]
-    text = "\n\n" + format_tool_calls(calls) if calls else "None of the available functions applies."
+    text = "\n\n" + format_tool_calls(calls) if calls else NO_CALL_ANSWER
     return msgs + [{"role": "assistant", "content": _turn(why, text)}]

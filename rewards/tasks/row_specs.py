@@ -148,7 +148,7 @@ def _env_bfcl(row: dict) -> dict:
     (BFCL's possible answers ``[{name: {param: [allowed]}}]`` or plain ``{name, arguments}`` calls; ``[]``: no call
     is right), each a list or its JSON; ``tool_calls`` is not read. ``checker`` defaults to ``ast`` (BFCL's official
     AST checker, which needs the bfcl-eval package); ``category`` defaults to the one the calls imply."""
-    from ..envs.bfcl import CHECKERS, CHECKER_MODULES, BfclMissing, check_functions, infer_category, \
+    from ..envs.bfcl import CHECKERS, BfclMissing, check_functions, infer_category, \
         official_ast_checker, possible_answers
 
     def bad(field: str, e: ValueError) -> Bad:       # "[1].name: missing" -> field "functions[1].name"
@@ -164,7 +164,7 @@ def _env_bfcl(row: dict) -> dict:
     except ValueError as e:
         raise bad("ground_truth", e) from None
     checker = row.get("checker") or "ast"
-    if not isinstance(checker, str) or (checker not in CHECKERS and checker not in CHECKER_MODULES):
+    if not isinstance(checker, str) or checker not in CHECKERS:
         raise Bad("checker", f"unknown BFCL checker {checker!r} (known: {', '.join(sorted(CHECKERS))})")
     if checker == "ast" and truth:
         try:
