@@ -14,52 +14,18 @@ from pydantic import Field, field_validator, model_validator
 from core.config import DOMAINS, MODES, Domain, Mode, Resources, Strict, operational
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
 from rollout.config import EngineConfig, Placement, Sampling
-from train.config import HeldOut, LearnerConfig, TaskSource, held_out, mode_budgets
+from train.config import (HeldOut, LearnerConfig, TaskSource, UnionSFTConfig, held_out, mode_budgets,
+                          nonnegative_values, union_sft_spec, union_sft_stage, union_sft_workload)
 
 PROMPT_TOKENS = 512
 MICRO_BATCH_TOKENS = 8192      # loss positions per distillation micro-batch (gradients accumulate across them)
 
 
 # ----------------------------------------------------------------------------------------------------- generalist
-class GeneralistConfig(Strict):
+class GeneralistConfig(UnionSFTConfig):
     """SFT on the union of the domains' demonstrations (all modes), the student's start."""
-    init_from: str = "bootstrap"
     steps: int | None = Field(None, ge=1)      # default: the SFT specialists' steps together (the same SFT budget)
-    batch_size: int | None = Field(None, ge=1)  # default: sft.batch_size
-    max_len: int | None = Field(None, ge=16)    # default: sft.max_len
     repeats: dict[Domain, int] = {}     # times a domain's demonstrations enter the union; default: distill mixture
-    learner: dict | None = None         # learner overrides; default: sft.learner
-    save_every: int = operational(Field(50, ge=1))
-    keep_checkpoints: int = operational(Field(2, ge=1))
-    resources: Resources = operational(Resources())
-
-    @field_validator("repeats")
-    @classmethod
-    def _nonneg(cls, v):
-        return _nonnegative(v)
-
-
-class GeneralistStage(Strict):
-    """What stage ``generalist`` reads."""
-    init_from: str
-    steps: int
-    batch_size: int
-    max_len: int
-    repeats: dict[str, int]
-    learner: LearnerConfig
-    tasks: dict[str, TaskSource]
-    modes: list[str]
-    seed: int
-    save_every: int = operational(50)
-    keep_checkpoints: int = operational(2)
-    heldout: HeldOut = operational(None)
-
-
-def _nonnegative(v: dict) -> dict:
-    for k, n in v.items():
-        if n < 0:
-            raise ValueError(f"{k}: must be >= 0, got {n}")
-    return v
 
 
 def domain_repeats(weights: dict[str, float], domains: list[str]) -> dict[str, int]:
@@ -82,24 +48,12 @@ def _expand_generalist(recipe, specs) -> list[StageSpec]:
         repeats = domain_repeats(mixture_weights(recipe.distill, recipe.domains, recipe.modes), recipe.domains)
     else:
         repeats = {d: 1 for d in recipe.domains}
-    overrides = g.learner if g.learner is not None else (sft.learner if sft is not None else {})
-    stage = GeneralistStage(
-        init_from=g.init_from, steps=steps, batch_size=g.batch_size or (sft.batch_size if sft else 32),
-        max_len=g.max_len or (sft.max_len if sft else 256), repeats=repeats,
-        learner=recipe.learner.merged(overrides, "generalist"),
-        tasks={d: recipe.task_source(d) for d in recipe.domains}, modes=recipe.modes, seed=recipe.seed,
-        save_every=g.save_every, keep_checkpoints=g.keep_checkpoints, heldout=held_out(recipe))
-    cells = [(d, m) for d in recipe.domains for m in recipe.modes]
-    return [StageSpec("generalist", "generalist", [g.init_from], stage, g.resources, "generalist", cells=cells,
-                      scores=list(recipe.domains), dep_field="generalist.init_from")]
+    return [union_sft_spec(recipe, "generalist", g, union_sft_stage(recipe, g, "generalist", steps, repeats))]
 
 
 register_stage_kind(StageKind(
     name="generalist", section="generalist", config=GeneralistConfig, expand=_expand_generalist,
-    run="distill.generalist:run", order=20,
-    workload=lambda spec: Workload(learner=spec.config.learner,
-                                   micro_batch_tokens=spec.config.batch_size * spec.config.max_len,
-                                   step_tokens=spec.config.batch_size * spec.config.max_len),
+    run="distill.generalist:run", order=20, workload=union_sft_workload,
     progress_total=lambda cfg: cfg.steps, key_metrics=("loss",), curves=("loss",),
     label="the student's start: SFT on the union of every domain's demonstrations"))
 
@@ -159,7 +113,7 @@ class DistillConfig(Strict):
     @field_validator("mixture")
     @classmethod
     def _weights(cls, v):
-        _nonnegative(v)
+        nonnegative_values(v)
         if v and not any(v.values()):
             raise ValueError("all weights are 0")
         return v

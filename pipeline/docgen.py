@@ -99,6 +99,8 @@ TOP_LEVEL = {
     "tasks": "per-domain task source (built-in generator or a `datasets`-loadable source), keyed by domain",
     "learner": "optimizer, schedule, precision, ZeRO and QAT shared by all training stages",
     "bootstrap": "the bootstrap stage (builds or adopts the starting model)",
+    "base": "the base stage (SFT on the union of the domains: the shared base the specialists and the student's "
+            "start fine-tune); absent or null: no base stage",
     "sft": "the sft.<domain> stages; null to skip SFT",
     "generalist": "the generalist stage (SFT on the union of the domains: the student's start); null to skip",
     "grpo": "the grpo.<domain>.<mode> teacher stages; null to skip",

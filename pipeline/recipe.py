@@ -16,7 +16,8 @@ from core.sinks import LoggingConfig
 from distill.config import DistillConfig, GeneralistConfig, SeqKDConfig
 from rollout.config import FleetConfig
 from specialists.config import GRPOConfig, SFTConfig
-from train.config import BootstrapConfig, EvalConfig, LearnerConfig, ModelConfig, TaskSource, check_generator_params
+from train.config import (BaseConfig, BootstrapConfig, EvalConfig, LearnerConfig, ModelConfig, TaskSource,
+                          check_generator_params)
 
 
 class RecipeError(ValueError):
@@ -46,6 +47,7 @@ class Recipe(Strict):
     tasks: dict[Domain, TaskSource] = {}
     learner: LearnerConfig = LearnerConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
+    base: BaseConfig | None = None
     sft: SFTConfig | None = SFTConfig()
     generalist: GeneralistConfig | None = None
     grpo: GRPOConfig | None = None

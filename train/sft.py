@@ -1,5 +1,5 @@
-"""Supervised fine-tuning pieces every SFT-style stage shares (the specialists, the generalist, the seqKD control):
-the loss and the training loop over tokenized examples. A stage module never imports another stage's module, so
+"""Supervised fine-tuning pieces every SFT-style stage shares (the specialists, the base and the generalist, the seqKD
+control): the loss, the training loop over tokenized examples, and the union-SFT stage body. A stage module never imports another stage's module, so
 what they share lives here."""
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 
 import torch
 
-from .data import EpochSampler, collate
+from rewards.tasks import load_tasks
+
+from .data import EpochSampler, collate, sft_examples
+from .evaluate import summary_of
 from .ranks import stage_learner
 
 
@@ -53,3 +56,24 @@ def train_sft(ctx, init, learner_cfg, examples: list, *, steps: int, batch_size:
         ctx.publish(learner.save_pretrained, tok)
     finally:
         learner.close()
+
+
+def run_union_sft(ctx, label: str) -> dict:
+    """A union-SFT stage (``base``, ``generalist``; config ``train.config.UnionSFTStage``): every domain's
+    demonstrations in every mode, each domain ``repeats[domain]`` times, trained from ``init_from`` with
+    :func:`train_sft`, then the held-out evaluation on every domain x mode."""
+    from transformers import AutoTokenizer
+
+    cfg = ctx.config
+    init = ctx.dep(cfg.init_from)
+    tok = AutoTokenizer.from_pretrained(str(init))
+    examples = []
+    for d, src in cfg.tasks.items():
+        tasks = load_tasks(d, "train", src.n_train, cfg.seed, src.model_dump())
+        examples += [e for _ in range(cfg.repeats.get(d, 1)) for e in sft_examples(tok, tasks, cfg.modes, cfg.max_len)]
+    ctx.log.info(f"[{label}] {len(examples)} examples (repeats {cfg.repeats}); {cfg.steps} steps")
+
+    train_sft(ctx, init, cfg.learner, examples, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
+              save_every=cfg.save_every, keep=cfg.keep_checkpoints, tok=tok)
+    rows = ctx.evaluate([(d, m) for d in cfg.tasks for m in cfg.modes])
+    return {"steps": cfg.steps, "final_loss": ctx.metrics.rows()[-1]["loss"], **summary_of(rows)}
