@@ -51,8 +51,10 @@ def wall(run: Path, mans: dict) -> None:
 
 def grpo(val: dict) -> None:
     print("\n## GRPO against its SFT start and the reward-free control (held-out reward_mean, 95% intervals)\n")
-    print("| domain | mode | SFT | GRPO | control.entropy | SFT greedy | GRPO greedy | control greedy |")
-    print("|---|---|---|---|---|---|---|---|")
+    base = any(k[0] == "base" for k in val)          # the specialists' own start, when the run has a base stage
+    print("| domain | mode | " + ("base | " if base else "") + "SFT | GRPO | control.entropy | SFT greedy | GRPO greedy | "
+          "control greedy |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if base else ""))
     wins = beats = n = 0
     for d in DOMAINS:
         for x in MODES:
@@ -65,7 +67,8 @@ def grpo(val: dict) -> None:
             beats += c is not None and g["value"] > c["value"]
             gr = [val.get((m, d, x, "reward_mean_greedy")) for m in (f"sft.{d}", f"grpo.{d}.{x}",
                                                                       f"control.entropy.{d}.{x}")]
-            print(f"| {d} | {x} | {_v(s)} | {_v(g)} | {_v(c)} | " + " | ".join(_v(r, False) for r in gr) + " |")
+            b = f"{_v(val.get(('base', d, x, 'reward_mean')))} | " if base else ""
+            print(f"| {d} | {x} | {b}{_v(s)} | {_v(g)} | {_v(c)} | " + " | ".join(_v(r, False) for r in gr) + " |")
     print(f"\nGRPO > SFT in {wins}/{n} cells; GRPO > control.entropy in {beats}/{n}.")
 
 

@@ -8,8 +8,9 @@ stages and the fleet hold), highest priority first, and backfills with smaller o
 Priority is the longest chain of estimated work from the stage to the end of the graph (critical-path scheduling).
 A stage's estimate is its steps times the tokens one step processes (``Workload.step_tokens``, the numbers ``pipeline
 plan`` sizes memory with: an SFT batch, or a GRPO/distill step's sequences at their budget). Only the order matters.
-On the embedded recipe it starts the generalist (900 SFT steps, the longest chain: generalist -> distill) beside
-sft.math, ahead of the short GRPO stages; measured, that chain was otherwise left waiting for 10 minutes.
+On the embedded recipe, after the base, it starts the generalist (690 SFT steps, the longest chain: generalist ->
+distill) beside sft.math, ahead of the short GRPO stages; measured, that chain was otherwise left waiting for 10
+minutes.
 """
 from __future__ import annotations
 

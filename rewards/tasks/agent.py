@@ -21,6 +21,7 @@ from .bfcl import NO_CALL_ANSWER, _demo_calls
 
 ITEMS = ["apple", "pear", "plum", "fig", "lime", "kiwi", "melon", "grape", "peach", "mango"]
 KINDS = ["add_report", "remove_report", "set_price", "report", "add_and_price", "add_price_report"]
+TWO_ITEM_KINDS = ["move_report", "add_remove_report", "price_pair"]
 SYSTEM = system_text({"env": "inventory", "initial_state": {"stock": {}, "price": {}}})
 
 
@@ -33,14 +34,34 @@ def _call(name: str, **arguments) -> dict:
     return {"name": name, "arguments": arguments}
 
 
-def sample(rng: random.Random) -> dict:
+def sample(rng: random.Random, level: int = 1) -> dict:
+    """One inventory task. ``level`` 1: the ``KINDS``; 2: those and ``TWO_ITEM_KINDS`` (half the draws), whose two
+    calls carry two quantities, on two items or in two turns."""
+    if level not in (1, 2):
+        raise ValueError(f"level must be 1 or 2, got {level}")
     items = rng.sample(ITEMS, 3)
     state = {"stock": {i: rng.randint(0, 9) for i in items}, "price": {items[0]: rng.randint(1, 9)}}
     it = rng.choice(items)
-    kind = rng.choice(KINDS)
+    kind = rng.choice(TWO_ITEM_KINDS if level == 2 and rng.random() < 0.5 else KINDS)
     q = rng.randint(1, 9)
     rounds = None
-    if kind == "add_report":
+    if kind in TWO_ITEM_KINDS:
+        other, p = rng.choice([i for i in items if i != it]), rng.randint(1, 9)
+        if kind == "move_report":               # two items, two calls in one turn; the answer in add_stock's result
+            q = rng.randint(0, state["stock"][it])
+            goal = f"Remove {q} {it} and add {p} {other}, then tell me how many {other} there are."
+            actions = [_call("remove_stock", item=it, qty=q), _call("add_stock", item=other, qty=p)]
+            answer, rounds = str(state["stock"][other] + p), [2]
+        elif kind == "add_remove_report":       # one item, two turns: add, then remove from the new count
+            p = rng.randint(0, state["stock"][it] + q)
+            goal = f"Add {q} {it}, then remove {p} {it}, and tell me how many {it} are left."
+            actions = [_call("add_stock", item=it, qty=q), _call("remove_stock", item=it, qty=p)]
+            answer, rounds = str(state["stock"][it] + q - p), [1, 1]
+        else:                                   # price_pair: two items, two calls in one turn, no answer
+            goal = f"Set the price of {it} to {q} and the price of {other} to {p}."
+            actions = [_call("set_price", item=it, price=q), _call("set_price", item=other, price=p)]
+            answer, rounds = "", [2]
+    elif kind == "add_report":
         goal = f"Add {q} {it} to the stock, then tell me how many {it} there are."
         actions = [_call("add_stock", item=it, qty=q)]
         answer = str(state["stock"][it] + q)

@@ -25,19 +25,47 @@ FAMILIES = [
 ]
 
 
-def sample(rng: random.Random) -> dict:
-    doc, arg, body, fn, inputs = rng.choice(FAMILIES)
-    k = rng.randint(2, 9)
+# level 2 adds these: two constants to copy and two operations to compose (fn of (arg, k, m))
+COMPOSED = [
+    ("Return x times {k} plus {m}.", "x", "return x * {k} + {m}", lambda x, k, m: x * k + m, [0, 2, -3, 5]),
+    ("Return x minus {k}, times {m}.", "x", "return (x - {k}) * {m}", lambda x, k, m: (x - k) * m, [0, 4, -1, 11]),
+    ("Return the sum of xs times {k} plus {m}.", "xs", "return sum(xs) * {k} + {m}",
+     lambda xs, k, m: sum(xs) * k + m, [[], [1, 2], [3, -1, 4]]),
+    ("Return the number of elements of xs greater than {k}, plus {m}.", "xs",
+     "return len([v for v in xs if v > {k}]) + {m}", lambda xs, k, m: len([v for v in xs if v > k]) + m,
+     [[], [1, 9, 5], [10, 2, 7, 8, 3]]),
+    ("Return the list xs without the elements equal to {k}, each plus {m}.", "xs",
+     "return [v + {m} for v in xs if v != {k}]", lambda xs, k, m: [v + m for v in xs if v != k],
+     [[], [2, 2, 5], [1, 3, 4, 6, 7, 8, 9]]),
+    ("Return the smallest element of xs times {k} minus {m}.", "xs", "return min(xs) * {k} - {m}",
+     lambda xs, k, m: min(xs) * k - m, [[1], [3, 9, 2], [-5, -2]]),
+]
+
+
+def sample(rng: random.Random, level: int = 1) -> dict:
+    """One function to write. ``level`` 1: one operation with one constant (8 families); 2: those and 6 families
+    that compose two operations with two constants (half the draws)."""
+    if level not in (1, 2):
+        raise ValueError(f"level must be 1 or 2, got {level}")
+    if level == 2 and rng.random() < 0.5:
+        doc, arg, body, fn, inputs = rng.choice(COMPOSED)
+        k, m = rng.randint(2, 9), rng.randint(2, 9)
+        consts, f = {"k": k, "m": m}, (lambda x: fn(x, k, m))
+        tag = f"{k}/{m}"
+    else:
+        doc, arg, body, fn, inputs = rng.choice(FAMILIES)
+        k = rng.randint(2, 9)
+        consts, f, tag = {"k": k}, (lambda x: fn(x, k)), f"{k}"
     name = f"{rng.choice(NAMES)}_{rng.randint(0, 99)}"
-    prompt = f'def {name}({arg}):\n    """{doc.format(k=k)}"""\n'
-    asserts = "".join(f"    assert candidate({x!r}) == {fn(x, k)!r}\n" for x in inputs)
+    prompt = f'def {name}({arg}):\n    """{doc.format(**consts)}"""\n'
+    asserts = "".join(f"    assert candidate({x!r}) == {f(x)!r}\n" for x in inputs)
     return {
-        "task_id": f"gen/{name}/{k}",
+        "task_id": f"gen/{name}/{tag}",
         "prompt": prompt,
-        "canonical_solution": f"    {body.format(k=k)}\n",
+        "canonical_solution": f"    {body.format(**consts)}\n",
         "test": f"def check(candidate):\n{asserts}",
         "entry_point": name,
-        "doc": doc.format(k=k),
+        "doc": doc.format(**consts),
     }
 
 

@@ -38,7 +38,7 @@ THINK_MAX = ROOT / "recipes" / "think_max.yaml"
     ("sft.save_every=7", "grpo.save_every=3", "sft.keep_checkpoints=3", "distill.save_every=9"),
     ("sft.resources.num_cpus=2", "grpo.resources.num_gpus=0", "eval.resources.num_cpus=1"),
     ("grpo.placement.strategy=split", "distill.teacher_memory_gb=2", "grpo.placement.teacher_gpus=1"),
-    ("logging.tensorboard=true", "ray.num_cpus=1", "generalist.save_every=11"),
+    ("logging.tensorboard=true", "ray.num_cpus=1", "generalist.save_every=11", "base.save_every=13"),
     ("eval.samples=4", "eval.greedy=false"),      # held-out settings: rows carry their spec, stages are not re-run
 ])
 def test_operational_changes_rerun_nothing_but_eval(sets):
@@ -51,19 +51,23 @@ def test_operational_changes_rerun_nothing_but_eval(sets):
 
 @pytest.mark.parametrize("sets,first", [
     (("sft.per_domain.math.steps=301",), {"sft.math", "generalist"}),   # its budget: the specialists' together
-    (("learner.lr=0.02",), {"sft.math", "sft.code", "sft.agent", "sft.instruct", "generalist"}),
+    (("learner.lr=0.02",), {"base", "sft.math", "sft.code", "sft.agent", "sft.instruct", "generalist"}),
     (("grpo.per_mode.think_max.entropy_coef=-0.3",), {f"grpo.{d}.think_max" for d in
                                                        ("math", "code", "agent", "instruct")}),
-    (("tasks.math.n_train=1400",), {"sft.math", "generalist", "distill"} | {f"grpo.math.{m}" for m in
-                                                                            ("non_think", "think_high", "think_max")}),
-    (lambda d: d["distill"]["mixture"].update({"math.non_think": 1}), {"generalist", "distill"}),  # repeats follow
+    (("tasks.math.n_train=1400",), {"base", "sft.math", "generalist", "distill"} | {
+        f"grpo.math.{m}" for m in ("non_think", "think_high", "think_max")}),
+    (lambda d: d["distill"].update({"mixture": {"math.non_think": 2}}), {"distill"}),   # generalist: repeats pinned
+    (lambda d: (d["generalist"].pop("repeats"), d["distill"].update({"mixture": {"math.non_think": 2,
+                                                                                 "code.non_think": 1}})),
+     {"generalist", "distill"}),                                             # repeats follow the mixture
+    (("base.repeats.instruct=2",), {"base"}),                              # everything downstream re-runs
     (("grpo.shaping.modes.think_max.l_max=200",), {f"grpo.{d}.think_max" for d in
                                                     ("math", "code", "agent", "instruct")}),   # eval sets its own
-    (("sft.batch_size=8",), {"sft.math", "sft.code", "sft.agent", "sft.instruct", "generalist"}),
+    (("sft.batch_size=8",), {"base", "sft.math", "sft.code", "sft.agent", "sft.instruct", "generalist"}),
 ])
 def test_output_changing_changes_rerun_the_stage_and_downstream(sets, first):
-    """What a stage reads indirectly counts: the generalist inherits sft.batch_size and the distill mixture, distill
-    and eval the GRPO budgets. Downstream stages follow through the fingerprint chain."""
+    """What a stage reads indirectly counts: the base and the generalist inherit sft.batch_size, the generalist the
+    distill mixture (unless its repeats are set), distill and eval the GRPO budgets. Downstream stages follow through the fingerprint chain."""
     before_r = load_recipe(THINK_MAX, check=False)
     after_r = _load(THINK_MAX, sets)
     g0, g1 = build_graph(before_r, check=False), build_graph(after_r, check=False)

@@ -133,9 +133,10 @@ def test_truncated_last_turn_calls_do_not_count():
     assert "final_state_mismatch" in v.details["failed_checks"] and v.details["tool_turns"] == 0
 
 
+@pytest.mark.parametrize("level", [1, 2])
 @pytest.mark.parametrize("mode", MODES)
-def test_generated_demonstrations_score_1(mode):
-    for s in generate("agent", "train", 30):
+def test_generated_demonstrations_score_1(mode, level):
+    for s in generate("agent", "train", 30 * level, 0, {"level": level}):
         ep = AgentEpisode(s, mode)
         demo = demonstration(s, mode)
         for m in demo[1:]:
@@ -152,6 +153,22 @@ def test_generated_demonstrations_score_1(mode):
 def test_generated_tasks_include_several_calls_per_turn():
     rounds = [json.loads(s["reference_rounds"]) for s in generate("agent", "train", 60)]
     assert any(r[0] == 2 for r in rounds) and all(sum(r) <= 3 and len(r) < 4 for r in rounds)
+
+
+def test_level_2_adds_two_item_tasks_and_keeps_level_1_as_it_was():
+    one, two = generate("agent", "train", 200, 4), generate("agent", "train", 200, 4, {"level": 2})
+    assert one == generate("agent", "train", 200, 4, {"level": 1})       # level 1 is the default, unchanged
+    assert not any(s["prompt"].startswith(("Remove", "Set the price of")) and " and " in s["prompt"] for s in one)
+    moves = [s for s in two if s["prompt"].startswith("Remove") and " and add " in s["prompt"]]
+    twice = [s for s in two if json.loads(s["reference_rounds"]) == [1, 1]]
+    assert len(moves) > 10 and len(twice) > 10
+    for s in moves:                          # two items touched, the answer is the second one's new count
+        acts = json.loads(s["reference_actions"])
+        assert [a["name"] for a in acts] == ["remove_stock", "add_stock"]
+        assert acts[0]["arguments"]["item"] != acts[1]["arguments"]["item"]
+        assert s["answer"] == str(json.loads(s["reference_state"])["stock"][acts[1]["arguments"]["item"]])
+    with pytest.raises(ValueError, match="tasks.agent.params: level must be 1 or 2"):
+        generate("agent", "train", 1, 0, {"level": 3})
 
 
 def test_parse_tool_calls_linear_on_many_unclosed():

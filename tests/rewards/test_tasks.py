@@ -20,7 +20,7 @@ def _operands(q: str) -> list[int]:
 
 
 def test_math_max_n_bounds_the_operands_and_the_default_is_unchanged():
-    assert generator_params("math") == {"max_n"} and generator_params("code") == set()
+    assert generator_params("math") == {"max_n"} and generator_params("code") == {"level"}
     assert generate("math", "train", 40, 3) == generate("math", "train", 40, 3, {"max_n": 9})
     small = generate("math", "train", 80, 3, {"max_n": 4})
     assert all(max(_operands(s["question"])) <= 4 for s in small)
@@ -47,3 +47,23 @@ def test_instruct_generator_has_no_parameters_and_splits_by_prompt():
     assert {s["prompt"] for s in train}.isdisjoint(s["prompt"] for s in test)
     assert all(_split_of(s["prompt"]) == "train" for s in train) and all(_split_of(s["prompt"]) == "test" for s in test)
     assert load_tasks("instruct", "test", 5, 2) == test[:5]
+
+
+def test_code_level_2_composes_two_operations_and_its_solutions_pass():
+    one, two = generate("code", "train", 200, 4), generate("code", "train", 200, 4, {"level": 2})
+    assert one == generate("code", "train", 200, 4, {"level": 1})        # level 1 is the default, unchanged
+    composed = [s for s in two if re.fullmatch(r"gen/\w+/\d/\d", s["task_id"])]
+    assert 60 < len(composed) < 140 and not any(re.fullmatch(r"gen/\w+/\d/\d", s["task_id"]) for s in one)
+    for s in composed + one[:20]:            # every canonical solution passes its own tests; a wrong one fails
+        ns = {}
+        exec(s["prompt"] + s["canonical_solution"], ns)
+        exec(s["test"], ns)
+        ns["check"](ns[s["entry_point"]])
+    s = composed[0]
+    ns = {}
+    exec(s["prompt"] + "    return None\n", ns)
+    exec(s["test"], ns)
+    with pytest.raises(AssertionError):
+        ns["check"](ns[s["entry_point"]])
+    with pytest.raises(ValueError, match="tasks.code.params: level must be 1 or 2"):
+        generate("code", "train", 1, 0, {"level": 0})

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from rel_helpers import cli, kill_group, lines, metrics, start, wait_for  # noqa: E402
 
 STEPS = 8
-SMALL = ["--only", "sft.math", "--set", f"sft.per_domain.math.steps={STEPS}", "--set", "sft.save_every=2",
+SMALL = ["--only", "sft.math", "--set", "sft.init_from=bootstrap", "--set", f"sft.per_domain.math.steps={STEPS}", "--set", "sft.save_every=2",
          "--set", "tasks.math.n_eval=2", "--set", "eval.samples=1", "--set", "eval.pass_k=[1]", "--set", "eval.greedy=false",
          "--set", "eval.engine.kind=hf", "--set", "ray.num_cpus=2"]
 
