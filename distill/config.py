@@ -14,8 +14,9 @@ from pydantic import Field, field_validator, model_validator
 from core.config import DOMAINS, MODES, Domain, Mode, Resources, Strict, operational
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
 from rollout.config import EngineConfig, Placement, Sampling
-from train.config import (HeldOut, LearnerConfig, TaskSource, UnionSFTConfig, held_out, mode_budgets,
-                          nonnegative_values, union_sft_spec, union_sft_stage, union_sft_workload)
+from train.config import HeldOut, LearnerConfig, TaskSource, held_out, mode_budgets
+from train.union_config import (UnionSFTConfig, nonnegative_values, union_sft_spec, union_sft_stage,
+                                union_sft_workload)
 
 PROMPT_TOKENS = 512
 MICRO_BATCH_TOKENS = 8192      # loss positions per distillation micro-batch (gradients accumulate across them)

@@ -16,8 +16,8 @@ from core.sinks import LoggingConfig
 from distill.config import DistillConfig, GeneralistConfig, SeqKDConfig
 from rollout.config import FleetConfig
 from specialists.config import GRPOConfig, SFTConfig
-from train.config import (BaseConfig, BootstrapConfig, EvalConfig, LearnerConfig, ModelConfig, TaskSource,
-                          check_generator_params)
+from train.config import BootstrapConfig, EvalConfig, LearnerConfig, ModelConfig, TaskSource, check_generator_params
+from train.union_config import BaseConfig
 
 
 class RecipeError(ValueError):

@@ -3,4 +3,5 @@ stages). Declarations are light (pydantic configs, no torch); each kind's run fu
 stage's Ray worker."""
 import distill.config  # noqa: F401  (generalist, distill)
 import specialists.config  # noqa: F401  (sft, grpo)
-import train.config  # noqa: F401  (bootstrap, base, eval)
+import train.config  # noqa: F401  (bootstrap, eval)
+import train.union_config  # noqa: F401  (base)
