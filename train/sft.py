@@ -1,6 +1,6 @@
 """Supervised fine-tuning pieces every SFT-style stage shares (the specialists, the base and the generalist, the seqKD
-control): the loss, the training loop over tokenized examples, and the union-SFT stage body. A stage module never imports another stage's module, so
-what they share lives here."""
+control): the loss, the training loop over tokenized examples, and the union-SFT stage body. A stage module never
+imports another stage's module, so what they share lives here."""
 from __future__ import annotations
 
 import time
@@ -59,7 +59,7 @@ def train_sft(ctx, init, learner_cfg, examples: list, *, steps: int, batch_size:
 
 
 def run_union_sft(ctx, label: str) -> dict:
-    """A union-SFT stage (``base``, ``generalist``; config ``train.config.UnionSFTStage``): every domain's
+    """A union-SFT stage (``base``, ``generalist``; config ``train.union_config.UnionSFTStage``): every domain's
     demonstrations in every mode, each domain ``repeats[domain]`` times, trained from ``init_from`` with
     :func:`train_sft`, then the held-out evaluation on every domain x mode."""
     from transformers import AutoTokenizer
@@ -70,7 +70,7 @@ def run_union_sft(ctx, label: str) -> dict:
     examples = []
     for d, src in cfg.tasks.items():
         tasks = load_tasks(d, "train", src.n_train, cfg.seed, src.model_dump())
-        examples += [e for _ in range(cfg.repeats.get(d, 1)) for e in sft_examples(tok, tasks, cfg.modes, cfg.max_len)]
+        examples += sft_examples(tok, tasks, cfg.modes, cfg.max_len) * cfg.repeats.get(d, 1)   # tokenized once
     ctx.log.info(f"[{label}] {len(examples)} examples (repeats {cfg.repeats}); {cfg.steps} steps")
 
     train_sft(ctx, init, cfg.learner, examples, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
