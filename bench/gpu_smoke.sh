@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU smoke check on one GPU: the real pipeline (recipes/gpu/smoke.yaml, <= 8 min) and then the kernel figures;
 # prints everything (and writes it to $OUT/gpu_smoke.txt, the smoke run's status/results to $OUT/ if $OUT is set).
-# Section 0 needs the project's install (make setup plus the `vllm` extra: ray, pydantic, vllm, datasets, ...);
+# Section 0 needs the project's GPU install (`make setup-gpu`: CUDA torch, vllm==0.32.0, ray, pydantic, datasets, ...
+# in .venv-gpu, used when present);
 # it says which import is missing and goes on. Sections 1-4 need only torch, transformers, accelerate (+ numpy).
 # No downloads anywhere.
 #   bash bench/gpu_smoke.sh              # on the GPU machine, from the repository root
@@ -16,7 +17,7 @@
 #   4. grpo     - one tiny GRPO step (sample groups, rule reward, grpo_advantages + policy_loss, backward, step)
 set -u
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${PYTHON:-python3}; [ -z "${PYTHON:-}" ] && [ -x .venv-gpu/bin/python ] && PY=.venv-gpu/bin/python
 DEVICE=${DEVICE:-cuda}
 SMALL_FLAG=""; [ -n "${SMALL:-}" ] && SMALL_FLAG="--small"
 LOG=${OUT:+$OUT/gpu_smoke.txt}; LOG=${LOG:-/dev/null}
@@ -38,7 +39,7 @@ if [ "$DEVICE" = cuda ] && [ -z "${SKIP_PIPELINE:-}" ]; then
 bad = [m for m in ("ray", "pydantic", "vllm", "datasets", "math_verify", "deepspeed") if importlib.util.find_spec(m) is None]
 print(" ".join(bad))' 2>&1)
   if [ -n "$missing" ]; then
-    say "== pipeline: not run: missing $missing (install the project: make setup, plus the vllm extra) =="
+    say "== pipeline: not run: missing $missing (install the project: make setup-gpu) =="
   else
     RUN=${OUT:-/tmp}/gpu-smoke-run; rm -rf "$RUN"
     section pipeline 480 $PY -m pipeline.cli run recipes/gpu/smoke.yaml --run-dir "$RUN"
