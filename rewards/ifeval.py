@@ -9,6 +9,7 @@ Offline and deterministic, unlike the reference code in three ways (see docs/rew
 Sample fields: ``instruction_id_list`` and ``kwargs`` (one dict per instruction). Optional ``ifeval_scoring`` picks
 the score among ``strict_all`` (default), ``strict_fraction``, ``loose_all``, ``loose_fraction``; all four are
 always reported in ``details``. ``repeat_prompt`` without ``prompt_to_repeat`` falls back to the sample's ``prompt``.
+IFBench's instruction ids (``rewards/ifbench.py``, registered in ``IFBENCH_CHECKERS``) are scored the same way.
 """
 from __future__ import annotations
 
@@ -86,6 +87,9 @@ _words = words
 
 # ---------------------------------------------------------------- the 25 checkers: fn(response, kwargs, sample)
 CHECKERS: dict[str, Callable[[str, dict, dict], bool]] = {}
+
+
+IFBENCH_CHECKERS: dict[str, Callable[[str, dict, dict], bool]] = {}   # IFBench's ids, filled by rewards/ifbench.py
 
 
 def checker(iid: str):
@@ -316,7 +320,7 @@ def evaluate(response: str, ids: list, kwargs: list, sample: dict | None = None)
     for i, iid in enumerate(ids):
         kw = kwargs[i] if i < len(kwargs) and isinstance(kwargs[i], dict) else {}
         kw = {k: v for k, v in kw.items() if v is not None}
-        fn = CHECKERS.get(iid)
+        fn = CHECKERS.get(iid) or IFBENCH_CHECKERS.get(iid)
         if fn is None:
             errors[iid] = "unknown instruction"
             strict.append(False)
@@ -356,3 +360,6 @@ def verify_instruct(completion: str, sample: dict, mode: str) -> Verdict:
                "error": "; ".join(f"{k}: {v}" for k, v in res["errors"].items()) or None,
                **{k: res[k] for k in SCORINGS}}
     return Verdict(res[scoring], details)
+
+
+from . import ifbench  # noqa: E402,F401  (registers IFBench's checkers in IFBENCH_CHECKERS)

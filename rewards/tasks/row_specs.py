@@ -65,7 +65,7 @@ def _spec_code(row: dict) -> dict:
 
 
 def _spec_instruct(row: dict) -> dict:
-    from ..ifeval import CHECKERS, evaluate
+    from ..ifeval import CHECKERS, IFBENCH_CHECKERS, evaluate
 
     ids = _json_value(row, "instruction_id_list", (list,), "a list of IFEval instruction ids")
     if not ids:
@@ -73,7 +73,7 @@ def _spec_instruct(row: dict) -> dict:
     for j, iid in enumerate(ids):
         if not isinstance(iid, str):
             raise Bad(f"instruction_id_list[{j}]", f"expected a string, got {_type(iid)}")
-        if iid not in CHECKERS:
+        if iid not in CHECKERS and iid not in IFBENCH_CHECKERS:     # IFBench's ids: rewards/ifbench.py
             raise Bad(f"instruction_id_list[{j}]", f"unknown IFEval instruction {iid!r}")
     kwargs = [{} for _ in ids] if row.get("kwargs") is None else \
         _json_value(row, "kwargs", (list,), "a list of objects, one per instruction")
