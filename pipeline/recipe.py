@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from core.config import DOMAINS, MODES, Domain, Mode, Strict, fmt_loc, operational
+from core.model_source import ModelSourceError, gguf_header_ok, is_gguf, is_package_path, resolve
 from core.sinks import LoggingConfig
 from distill.config import DistillConfig, GeneralistConfig, SeqKDConfig
 from rollout.config import FleetConfig
@@ -233,9 +234,16 @@ def cross_check(recipe: Recipe, source: str, cluster: dict | None = None, graph=
 
     m = recipe.model
     for key, p in (("model.path", m.path), ("model.tokenizer", m.tokenizer)):
+        if p and is_package_path(p):
+            try:
+                p = resolve(p, key)
+            except ModelSourceError as e:
+                raise RecipeError(f"{source}: {e}") from None
         if p and _is_local(p) and not Path(p).expanduser().exists():
             raise RecipeError(f"{source}: {key}: no such file or folder {p!r}")
-    if m.path and _is_local(m.path):
+        if p and is_gguf(p) and not gguf_header_ok(p):
+            raise RecipeError(f"{source}: {key}: {p} is not a GGUF file (no GGUF header)")
+    if m.path and _is_local(m.path) and not is_gguf(m.path):
         for need in ("config.json",):
             if not (Path(m.path).expanduser() / need).exists():
                 raise RecipeError(f"{source}: model.path: {m.path} has no {need} (not a Hugging Face model folder)")

@@ -10,6 +10,8 @@ standard Hugging Face folder.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.chat import BOS, CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS
 
 
@@ -53,24 +55,77 @@ def tiny_model(cfg, tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def adopt_model(path: str, tokenizer_path: str | None, dtype: str):
-    """An existing causal LM: add the chat tokens it lacks (resizing embeddings) and install the mode template."""
+def load_source(path: str, tokenizer_path: str | None, dtype: str):
+    """The model and tokenizer ``model.path`` names (:mod:`core.model_source`): a Hugging Face folder, or a GGUF
+    file (a path or ``package:<module>/<file>``), dequantized on load and rebuilt as an ordinary transformers model
+    (``save_pretrained`` refuses a GGUF-loaded one: its config carries the GGUF quantization entry)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_path or path)
+    from core.model_source import is_gguf, resolve
+
+    src, tok_src = resolve(path), resolve(tokenizer_path, "model.tokenizer") if tokenizer_path else None
+    torch_dtype = getattr(torch, dtype)
+    if not is_gguf(src):
+        tok = AutoTokenizer.from_pretrained(tok_src or src)
+        return AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype), tok
+    folder, name = str(Path(src).parent), Path(src).name
+    if tok_src is None:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    elif is_gguf(tok_src):
+        tok = AutoTokenizer.from_pretrained(str(Path(tok_src).parent), gguf_file=Path(tok_src).name)
+    else:
+        tok = AutoTokenizer.from_pretrained(tok_src)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"model.path: {path}: the GGUF weights do not fit their own config "
+                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model.to(torch_dtype), tok
+
+
+def init_from_pieces(model, pieces: dict[int, list[int]]) -> None:
+    """Each added token's input (and untied output) embedding starts at the mean of the rows of the pieces its text
+    had before it became one token (``<|user|>`` -> ``<``, ``|``, ``user``, ...): the model meets the chat tokens
+    near what it already reads there, not at a random point."""
+    import torch
+
+    layers = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != layers[0].data_ptr():
+        layers.append(out.weight)
+    with torch.no_grad():
+        for new_id, ids in pieces.items():
+            if ids:
+                for w in layers:
+                    w[new_id] = w[ids].mean(dim=0)
+
+
+def adopt_model(path: str, tokenizer_path: str | None, dtype: str):
+    """An existing causal LM: add the chat tokens it lacks (resizing embeddings: new rows start at the mean of the
+    old ones, transformers' default) and install the mode template."""
+    model, tok = load_source(path, tokenizer_path, dtype)
     missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    pieces = {t: tok(t, add_special_tokens=False)["input_ids"] for t in missing}   # before they become tokens
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
-    if tok.pad_token is None:
-        tok.pad_token = PAD
-    tok.bos_token, tok.eos_token = BOS, END
+    tok.pad_token, tok.bos_token, tok.eos_token = PAD, BOS, END
     tok.chat_template = CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    tok.padding_side = "left"
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+    init_from_pieces(model, {tok.convert_tokens_to_ids(t): ids for t, ids in pieces.items()})
     model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     model.config.pad_token_id = tok.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     return model, tok
 
 
@@ -81,6 +136,8 @@ def run(ctx) -> dict:
     if m.path:
         ctx.log.info(f"[bootstrap] adopting {m.path}")
         model, tok = adopt_model(m.path, m.tokenizer, m.dtype)
+        ctx.log.info(f"[bootstrap] {type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
+                     f"parameters, vocabulary {len(tok)} (chat tokens added), {m.dtype}")
     else:
         texts = corpus(ctx.seed, m.tiny.tokenizer_corpus_per_domain)
         tok = train_tokenizer(texts, m.tiny.vocab_size)

