@@ -17,6 +17,7 @@ import time
 import torch
 
 from core.rundir import read_json
+from core.where import device as ray_device
 from rewards.tasks import load_tasks
 from rollout.engines import describe, rollout_engine
 from train.evaluate import summary_of
@@ -44,7 +45,7 @@ def run(ctx) -> dict:
                  + ", ".join(f"{k}<-{'+'.join(t.name for t, _ in r)}" for k, r in table.items()))
     ctx.manifest.update(student_from=cfg.student_from)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"     # rank 0's: the stage's first GPU, or the CPU
+    device = ray_device()     # rank 0's: the stage's first GPU (ray.get_gpu_ids), or the CPU
     engine = rollout_engine(d.engine, init, tok, ctx.services.get("fleet"), ctx.stage_id, device)  # before ZeRO-3
     ctx.manifest.update(rollout={**describe(engine), "qat": cfg.learner.qat})
     learner = stage_learner(ctx, init, cfg.learner, d.steps, seed=cfg.seed)

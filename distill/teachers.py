@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from core.where import where
+from core.where import device, where
 
 ACTOR_OVERHEAD_BYTES = int(0.45 * 2**30)   # a Ray worker with torch + transformers imported (measured ~0.4 GiB)
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
@@ -82,7 +82,7 @@ class TeacherWorker:
 
     def __init__(self, folder: str, threads: int = 1, dtype: str = "float32"):
         self.folder, self.threads = folder, threads
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"     # the GPU Ray gave this actor, if any
+        self.device = device()                  # the GPU Ray gave this actor, if any (ray.get_gpu_ids)
         self.dtype = torch.bfloat16 if self.device == "cuda" else getattr(torch, dtype)
         self.model = None
 

@@ -49,6 +49,14 @@ def uses_fleet(config) -> bool:
     return False
 
 
+def stage_task(ray, fn, num_gpus: float):
+    """``fn`` as a Ray task; a task that asks for GPUs gets ``max_calls=1``, a fresh worker process per stage. Ray
+    reuses task workers, and gives a task ``max_calls=1`` by itself only when ``@ray.remote`` names the GPUs, not
+    ``.options()`` (which refuses ``max_calls``): a reused worker keeps the last stage's CUDA context and memory, and
+    may compute on the GPU the last stage was given."""
+    return ray.remote(max_retries=0, **({"max_calls": 1} if num_gpus else {}))(fn)
+
+
 def stage_status(run_dir: Path, stage_id: str) -> dict:
     return Manifest(Path(run_dir) / stage_id).read()
 
@@ -187,7 +195,7 @@ class Runner:
                 ray.shutdown()
 
     def _loop(self, selected: set[str], forced: set[str], ray) -> int:
-        remote = ray.remote(max_retries=0)(_execute_stage)
+        remotes = {gpu: stage_task(ray, _execute_stage, gpu) for gpu in (0, 1)}
         self.cluster = ray.cluster_resources()
         self.priority = priorities(self.graph)
         run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging}
@@ -232,7 +240,7 @@ class Runner:
                 if run_info.get("fleet") is None and uses_fleet(spec.config):
                     run_info["fleet"] = self._start_fleet(spec)
                 layout, pg, options = self._placement(spec, ray)
-                ref = remote.options(name=spec.id, **options).remote(
+                ref = remotes[int(bool(options.get("num_gpus")))].options(name=spec.id, **options).remote(
                     spec, str(self.run_dir), (self.hashes[spec.id], fps[spec.id]),
                     {**run_info, "placement": {"pg": pg, "layout": layout}}, (socket.gethostname(), os.getpid()))
                 running[ref] = (spec, time.time())

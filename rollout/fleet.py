@@ -36,6 +36,8 @@ import logging
 import threading
 import time
 
+from core.where import use_cuda
+
 from .engine import Completion, SamplingParams
 from .weight_sync import FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, SyncError
 
@@ -260,11 +262,10 @@ class LeasedEngine:
 
     # -------------------------------------------------------------------------------- the collective path
     def _backend(self) -> str:
-        import torch
         import torch.distributed as dist
 
         engine_gpu = not self.info.get("on_cpu", True)
-        return "nccl" if engine_gpu and torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        return "nccl" if engine_gpu and use_cuda() and dist.is_nccl_available() else "gloo"
 
     def _form(self) -> None:
         """Form the lease's group: open the store here, have the engine join (asynchronously), join ourselves."""

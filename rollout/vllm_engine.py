@@ -85,6 +85,8 @@ from typing import Iterable
 
 import torch
 
+from core.where import use_cuda
+
 from .engine import Completion, SamplingParams
 from .vllm_memory import DEFAULT_KV_CACHE_BYTES, EngineStartError, _kv_asked, memory_found, node_memory, start_error_message
 from .vllm_worker import (_CHILD_ID, _worker_install_routes, _worker_kv_cache, _worker_moe_layers, _worker_reload,
@@ -113,7 +115,7 @@ class _VLLMActor:
         os.environ.update(_ACTOR_ENV)
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)   # would override kv_cache_memory_bytes on CPU
         t = time.perf_counter()
-        self.on_cpu = not torch.cuda.is_available()
+        self.on_cpu = not use_cuda()              # the GPUs Ray gave this actor (none: CPU)
         if self.on_cpu and kv_cache_bytes is None:
             kv_cache_bytes = DEFAULT_KV_CACHE_BYTES
         self.kv_cache_bytes = kv_cache_bytes
@@ -319,7 +321,7 @@ class VLLMEngine:
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
-        on_gpu = torch.cuda.is_available() if num_gpus is None else num_gpus > 0
+        on_gpu = use_cuda() if num_gpus is None else num_gpus > 0
         if dtype is None:
             dtype = "bfloat16" if on_gpu else "float32"
         if isinstance(dtype, torch.dtype):

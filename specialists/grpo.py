@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from core.where import device as ray_device
 from rewards.tasks import load_tasks
 from rollout.engine import SamplingParams
 from rollout.engines import describe, rollout_engine
@@ -33,7 +34,7 @@ def run(ctx) -> dict:
     init = ctx.dep(g.init_from)
     tok = AutoTokenizer.from_pretrained(str(init))
     train = load_tasks(cfg.domain, "train", cfg.task.n_train, cfg.seed, cfg.task.model_dump())
-    device = "cuda" if torch.cuda.is_available() else "cpu"    # rank 0's device: the stage's first GPU, or the CPU
+    device = ray_device()     # rank 0's device: the stage's first GPU (ray.get_gpu_ids), or the CPU
     ref = reference_model(init, device) if g.kl_coef > 0 else None       # both before the learner: under ZeRO-3
     engine = rollout_engine(g.engine, init, tok, ctx.services.get("fleet"), ctx.stage_id, device)  # (partitioned)
     ctx.manifest.update(rollout={**describe(engine), "qat": cfg.learner.qat})

@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.where import use_cuda
+
 from .muon import HybridMuon
 
 # parameters that stay on AdamW under Muon: embeddings, output head, norms, biases, router gates
@@ -145,10 +147,10 @@ class Learner:
             # on CPU name gloo: left to itself accelerate picks MPI when torch has it, and under DeepSpeed on CPU it
             # initializes no backend of its own and then counts one process on every rank
             extra["step_scheduler_with_optimizer"] = False
-            if not torch.cuda.is_available():
+            if not use_cuda():
                 extra["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
         # cpu=True would silently drop the DeepSpeed plugin; without CUDA, DeepSpeed picks its CPU accelerator
-        self.accelerator = Accelerator(cpu=plugin is None and not torch.cuda.is_available(), deepspeed_plugin=plugin,
+        self.accelerator = Accelerator(cpu=plugin is None and not use_cuda(), deepspeed_plugin=plugin,
                                        mixed_precision="bf16" if cfg.precision == "bf16" else "no", **extra)
         opts = build_optimizer(self.model, cfg)
         optimizer = opts[0] if len(opts) == 1 else _MultiOptimizer(opts)
@@ -359,10 +361,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch CPU generators, and every visible GPU's CUDA generator when this process uses CUDA
+    (dropout and sampling on the GPU draw from those: without them a resume is not exact on GPU)."""
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():          # never initializes CUDA (a zero-GPU process on a GPU node)
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
 
 
 def set_rng_state(st: dict) -> None:
     random.setstate(st["python"])
     np.random.set_state(st["numpy"])
     torch.set_rng_state(st["torch"])
+    if st.get("cuda") and use_cuda():
+        for i, s in enumerate(st["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)

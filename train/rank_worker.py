@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from core.where import where
+from core.where import use_cuda, where
 
 from .data import to_device
 from .learner import Learner
@@ -23,7 +23,7 @@ def resolve_ranks(ranks: int | None, gpus: float | None = None) -> int:
         if int(ranks) < 1:
             raise ValueError(f"learner.ranks must be >= 1, got {ranks}")
         return int(ranks)
-    if gpus and torch.cuda.is_available():
+    if gpus and use_cuda():
         return max(1, int(gpus))
     return 1
 

@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 
 from core.errors import error_line
+from core.where import use_cuda
 
 from .data import to_device
 from .learner import Learner, StepResult, batch_weight
@@ -81,7 +82,7 @@ class LearnerGroup:
 
     def _start(self, model_dir, cfg, total_steps, seed, pg, bundles, options, timeout) -> None:
         ray = self.ray
-        on_gpu = torch.cuda.is_available()
+        on_gpu = use_cuda()                  # the GPUs Ray gave this task, not every GPU of the node
         here = self.local.where()
         n_remote = self.world - 1
         # which GPUs: the caller's own when it holds one per rank (the stage's GPUs), else one from Ray per actor
