@@ -145,3 +145,35 @@ def sequence_routes(steps: Sequence[torch.Tensor], prompt_lens: Sequence[int], n
                              f"{full.shape[1] - T} were captured")
         out.append(np.ascontiguousarray(full[b, T - lp:end]))
     return out
+
+
+# ------------------------------------------------------------------------------------ which models have routes
+_NUM_EXPERTS_KEYS = ("num_experts", "moe_num_experts", "n_routed_experts", "num_local_experts")   # vLLM 0.32's order
+
+
+def config_num_experts(cfg: dict) -> int:
+    """The routed experts of a model's ``config.json`` (0: dense), as vLLM 0.32 counts them
+    (``ModelArchConfigConvertor.get_num_experts`` on the text config; ``ModelConfig.is_moe`` is ``> 0``)."""
+    text = cfg.get("text_config") or cfg
+    for key in _NUM_EXPERTS_KEYS:
+        if text.get(key) is not None:
+            n = text[key]
+            n = n[0] if isinstance(n, list) else n
+            if n:
+                return int(n)
+            break
+    return max([int(b.get("n_routed_experts", 0) or 0) for b in text.get("block_configs") or []
+                if isinstance(b, dict) and b.get("block_type") == "moe"] or [0])
+
+
+def engine_routes(asked: bool, model_path) -> bool:
+    """Whether an engine starts with routed-expert capture: asked for (the fleet defaults it on) *and* the model is
+    MoE -- vLLM 0.32 refuses ``enable_return_routed_experts`` for a dense model ("AuxOutput Connector only supports
+    MoE models"), and a dense model has no routes to keep."""
+    if not asked:
+        return False
+    import json
+    from pathlib import Path
+
+    path = Path(model_path) / "config.json"
+    return config_num_experts(json.loads(path.read_text())) > 0 if path.is_file() else True

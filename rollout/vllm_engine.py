@@ -88,6 +88,7 @@ import torch
 from core.where import use_cuda
 
 from .engine import Completion, SamplingParams
+from .routes import engine_routes
 from .vllm_memory import DEFAULT_KV_CACHE_BYTES, EngineStartError, _kv_asked, memory_found, node_memory, start_error_message
 from .vllm_worker import (_CHILD_ID, _worker_install_routes, _worker_kv_cache, _worker_moe_layers, _worker_reload,
                           _worker_routes_enable, _worker_routes_take, assemble_routes, native_routes,
@@ -122,7 +123,7 @@ class _VLLMActor:
         self.max_logprobs = max_logprobs
         self.error = None
         self.kv_cache = None
-        self.return_routed_experts = return_routed_experts
+        self.return_routed_experts = engine_routes(return_routed_experts, model_path)   # MoE models only
         self.fp4 = fp4
         if fp4_patterns is None:
             from .fp4 import MOE_EXPERT_PATTERNS
@@ -356,6 +357,7 @@ class VLLMEngine:
         self.kv_cache = self.info["kv_cache"]
         self.max_model_len = int(self.info["max_model_len"])   # prompt + completion tokens a request may hold
         self.moe_layer_ids = self.info.get("moe_layers", [])
+        self.return_routed_experts = bool(self.info.get("routed_experts", return_routed_experts))   # dense: off
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         import ray
