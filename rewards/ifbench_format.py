@@ -39,16 +39,26 @@ def _punkt_like(text: str) -> list[str]:
     return [s for s in out if s.strip()]
 
 
+def _split_token(t: str) -> list[str]:
+    """A single quote opening (not a clitic) or closing a word is a token; then the clitics and ``cannot``..."""
+    if len(t) > 1 and t != "''" and t.startswith("'") and not re.fullmatch(r"(?i)'(re|ve|ll|m|t|s|d|n)", t):
+        return ["'"] + _split_token(t[1:])
+    if len(t) > 1 and t != "''" and t.endswith("'"):
+        return _split_token(t[:-1]) + ["'"]
+    m = _CLITIC.match(t) or _SPLIT2.match(t)
+    return [g for g in m.groups() if g] if m else [t]
+
+
 def word_tokenize(text: str) -> list[str]:
     """An approximation of ``nltk.word_tokenize`` (punkt sentences, then Treebank's rules) by regexes: quotes,
-    brackets, ``?!;@#$%&*``, dashes, ellipses and ``,``/``:`` (not before a digit) are tokens of their own; clitics
-    (``n't``, ``'s``, ``'ll``, ...) and ``cannot``/``gonna``/... split; each sentence's final period is a token."""
+    brackets, ``?!;@#$%&*``, dashes, ellipses, ``,``/``:`` (not before a digit) and a single quote opening or closing
+    a word are tokens of their own; clitics (``n't``, ``'s``, ``'ll``, ...) and ``cannot``/``gonna``/... split; each
+    sentence's final period is a token. Otherwise words stay whole (``C++``, ``and/or``, ``3.88``, ``rock'n'roll``)."""
     tokens: list[str] = []
     for sent in _punkt_like(text):
         toks = []
         for t in _PAD.sub(r" \1 ", sent).split():
-            m = _CLITIC.match(t) or _SPLIT2.match(t)
-            toks += [g for g in m.groups() if g] if m and not t.startswith("'") else [t]
+            toks += _split_token(t)
         j = len(toks) - 1
         while j >= 0 and toks[j] in _CLOSERS:
             j -= 1

@@ -147,6 +147,8 @@ def test_word_tokenize_matches_nltk_on_its_documented_examples():
                                 "me", "two", "of", "them", ".", "Thanks", "."]
     assert word_tokenize("They'll save and invest more.") == ["They", "'ll", "save", "and", "invest", "more", "."]
     assert word_tokenize("hi, my name can't hello,") == ["hi", ",", "my", "name", "ca", "n't", "hello", ","]
+    assert word_tokenize("'Hello' she said, 'it's the students' car.'") == [
+        "'", "Hello", "'", "she", "said", ",", "'", "it", "'s", "the", "students", "'", "car", ".", "'"]
     assert word_tokenize("Mr. Smith (aged 3) said: no!") == ["Mr.", "Smith", "(", "aged", "3", ")", "said", ":",
                                                              "no", "!"]
 
