@@ -177,6 +177,7 @@ class LeasedEngine:
         self._last = None          # object-store path: the ObjectRef of the last weights
         self._snapshot = None      # collective path: (plan, CPU copies of the buckets sent)
         self._pending: list = []   # sync calls abandoned after a timeout
+        self.transport = self._choose_transport()              # rollout.transport: from where both ends run
 
     def describe(self) -> dict:
         """What a stage's manifest records about its rollout path."""
@@ -184,6 +185,7 @@ class LeasedEngine:
                 "served": self.info.get("served"), "routed_experts": self.info.get("routed_experts", False),
                 "moe_layers": self.info.get("moe_layers", []),
                 "weight_sync": "collective" if self.collective else "object_store",
+                "weight_sync_transport": self.transport,
                 **({"weight_sync_fallback": self.fallback} if self.fallback else {})}
 
     def _call(self, fn):
@@ -261,11 +263,25 @@ class LeasedEngine:
                     f"lease: {why}")
 
     # -------------------------------------------------------------------------------- the collective path
-    def _backend(self) -> str:
+    def _choose_transport(self) -> str:
+        """nccl / gloo / object_store for this lease (``rollout.transport.choose_transport``); a shared GPU falls
+        back to the object store here, named in ``describe()`` (the manifest) and the log."""
         import torch.distributed as dist
 
-        engine_gpu = not self.info.get("on_cpu", True)
-        return "nccl" if engine_gpu and use_cuda() and dist.is_nccl_available() else "gloo"
+        from core.where import where
+
+        from .transport import Side, choose_transport
+
+        here = where()
+        learner = Side.of(here, on_cpu=False) if use_cuda() else Side(here.get("ip"))
+        engine = Side.of(self.info.get("where"), on_cpu=self.info.get("on_cpu", True))
+        transport, why = choose_transport(self.weight_sync, learner, engine, nccl=dist.is_nccl_available())
+        if transport == "object_store" and self.collective:
+            self._fall_back(why)
+        return transport
+
+    def _backend(self) -> str:
+        return "nccl" if self.transport == "nccl" else "gloo"
 
     def _form(self) -> None:
         """Form the lease's group: open the store here, have the engine join (asynchronously), join ourselves."""

@@ -85,7 +85,7 @@ from typing import Iterable
 
 import torch
 
-from core.where import use_cuda
+from core.where import use_cuda, where
 
 from .engine import Completion, SamplingParams
 from .routes import engine_routes
@@ -180,7 +180,7 @@ class _VLLMActor:
                   else "mxfp4a16-packed (compressed-tensors)")
         return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id,
                 "kv_cache": {"asked_bytes": self.kv_cache_bytes, **self.kv_cache}, "moe_layers": self.moe_layers,
-                "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts,
+                "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts, "where": where(),
                 "scheduler": self.scheduler, "max_model_len": self.llm.llm_engine.vllm_config.model_config.max_model_len}
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:

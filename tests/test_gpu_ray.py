@@ -37,12 +37,12 @@ def test_zero_gpu_task_picks_gloo_and_one_rank(monkeypatch):
 
     _cuda_everywhere(monkeypatch)
     monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
-    lease = SimpleNamespace(info={"on_cpu": False})            # the engine runs on its GPU
+    lease = SimpleNamespace(info={"on_cpu": False}, weight_sync="collective", collective=True)   # engine on a GPU
     monkeypatch.setattr(where_mod, "ray_gpu_ids", lambda: [])   # this stage task was given no GPU
-    assert fleet.LeasedEngine._backend(lease) == "gloo"
+    assert fleet.LeasedEngine._choose_transport(lease) == "gloo"
     assert rank_worker.resolve_ranks(None, gpus=2) == 1
     monkeypatch.setattr(where_mod, "ray_gpu_ids", lambda: ["0", "1"])
-    assert fleet.LeasedEngine._backend(lease) == "nccl"
+    assert fleet.LeasedEngine._choose_transport(lease) == "nccl"
     assert rank_worker.resolve_ranks(None, gpus=2) == 2
 
 
