@@ -2,7 +2,8 @@
 
 On a terminal: a `rich` table redrawn a few times a second — every stage of the graph in run order with its status,
 and for each running stage step/total with a bar, its ETA and its key metric (SFT loss, GRPO reward, distillation
-KL, ...). The runner's own messages ([start], [done], [FAIL]) scroll above it. Not on a terminal (CI, a pipe, a
+KL, ...) and, for a stage whose steps count verifier failures, ``reward_errors`` over its recent steps (red when
+not 0). The runner's own messages ([start], [done], [FAIL]) scroll above it. Not on a terminal (CI, a pipe, a
 file): plain lines, one per running stage every ``plain_every`` seconds, e.g.
 
     [progress] sft.math 120/200 (60%) eta 41s loss=0.5213
@@ -59,11 +60,15 @@ def stage_progress(run_dir: Path, spec) -> dict:
     kind = STAGE_KINDS.get(spec.kind)
     total = (kind.progress_total(spec.config) if kind else None) or manifest.get("progress_total")
     rows = _tail_rows(d / "metrics.jsonl")
-    out = {"step": None, "total": total, "eta_s": None, "metric": None, "value": None}
+    out = {"step": None, "total": total, "eta_s": None, "metric": None, "value": None, "reward_errors": None}
     if not rows:
         return out
     last = rows[-1]
     out["step"] = last.get("step")
+    errs = [r["reward_errors"] for r in rows
+            if isinstance(r.get("reward_errors"), (int, float)) and not isinstance(r["reward_errors"], bool)]
+    if errs:                                 # verifier failures over the steps read (the tail of metrics.jsonl)
+        out["reward_errors"] = int(sum(errs))
     for k in (kind.key_metrics if kind else ()) + GENERIC:
         v = last.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -82,6 +87,11 @@ def _fmt_eta(s) -> str:
         return "-"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def _errors(p: dict) -> str:
+    """`` reward_errors=N`` for a stage that counts verifier failures (N over the recent steps), else ``""``."""
+    return "" if p.get("reward_errors") is None else f" reward_errors={p['reward_errors']}"
 
 
 def _fmt_val(v) -> str:
@@ -133,6 +143,7 @@ class LiveView:
                 f"{p['step']}/{p['total']} ({100 * p['step'] / p['total']:.0f}%)" if p["total"] else f"step {p['step']}")
             eta = f" eta {_fmt_eta(p['eta_s'])}" if p["eta_s"] is not None else ""
             metric = f" {p['metric']}={_fmt_val(p['value'])}" if p["metric"] else ""
+            metric += _errors(p)
             el = f" elapsed {_fmt_eta(time.time() - self.started.get(sid, time.time()))}"
             lines.append(f"[progress] {sid} {step}{eta}{metric}{el}")
         return lines
@@ -161,6 +172,7 @@ class LiveView:
                     step = str(p["step"])
                 eta = _fmt_eta(p["eta_s"])
                 metric = f"{p['metric']}={_fmt_val(p['value'])}" if p["metric"] else ""
+                metric = Text(metric + _errors(p), style="bold red" if p["reward_errors"] else "")
             needs = ", ".join(s.deps) if len(s.deps) <= 2 else f"{len(s.deps)} stages"
             t.add_row(s.id, needs or "-", Text(st, style=STYLE.get(st, "")), bar, step, eta, metric)
         return t

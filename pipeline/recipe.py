@@ -15,6 +15,7 @@ from core.config import DOMAINS, MODES, Domain, Mode, Strict, fmt_loc, operation
 from core.model_source import ModelSourceError, gguf_header_ok, is_gguf, is_package_path, resolve
 from core.sinks import LoggingConfig
 from distill.config import DistillConfig, GeneralistConfig, SeqKDConfig
+from rewards.sandbox_probe import SandboxConfig
 from rollout.config import FleetConfig
 from specialists.config import GRPOConfig, SFTConfig
 from train.config import BootstrapConfig, EvalConfig, LearnerConfig, ModelConfig, TaskSource, check_generator_params
@@ -57,6 +58,7 @@ class Recipe(Strict):
     controls: ControlsConfig | None = None
     fleet: FleetConfig | None = None
     logging: LoggingConfig = operational(LoggingConfig())
+    sandbox: SandboxConfig = operational(SandboxConfig())  # the code sandbox's isolation (docs/rewards.md)
 
     @field_validator("domains", "modes")
     @classmethod

@@ -300,6 +300,21 @@ def eval_table_html(rows: list[dict]) -> str:
     return _table(["model", "domain", "mode", "n", *metrics], body, left=3)
 
 
+def reward_errors_total(rows: list[dict]) -> int | None:
+    """Verifier failures over a stage's steps (``reward_errors`` of each metrics row); None when none counts them."""
+    vals = [r["reward_errors"] for r in rows if isinstance(r.get("reward_errors"), (int, float))]
+    return int(sum(vals)) if vals else None
+
+
+def sandbox_cell(m: dict) -> str:
+    """The code sandbox's isolation a stage ran with (its manifest's ``sandbox``); the weaker one stands out."""
+    sb = m.get("sandbox")
+    if not sb:
+        return ""
+    mode = html.escape(str(sb.get("mode") if isinstance(sb, dict) else sb))
+    return f'<span class="failed">{mode} (weaker)</span>' if mode == "rlimits" else mode
+
+
 def stages_table_html(stages: list[dict]) -> str:
     body = []
     for s in stages:
@@ -310,10 +325,13 @@ def stages_table_html(stages: list[dict]) -> str:
         res = m.get("resources") or {}
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in (m.get("metrics") or {}).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool))[:160]
+        errs = reward_errors_total(s["metrics"])
+        errs = "" if errs is None else (f'<span class="failed">{errs}</span>' if errs else "0")
         body.append([html.escape(s["id"]), s["kind"], status, _fmt(m.get("started")), _fmt(m.get("wall_s")),
-                     f"{_num(res.get('num_cpus', ''))} / {_num(res.get('num_gpus', ''))}",
+                     f"{_num(res.get('num_cpus', ''))} / {_num(res.get('num_gpus', ''))}", errs, sandbox_cell(m),
                      f'<span style="text-align:left;display:block">{html.escape(metrics)}</span>'])
-    return _table(["stage", "kind", "status", "started", "wall s", "cpu / gpu", "summary"], body, left=3)
+    return _table(["stage", "kind", "status", "started", "wall s", "cpu / gpu", "reward errors", "sandbox",
+                   "summary"], body, left=3)
 
 
 def write_report(run_dir: Path, out: Path | str | None = None) -> Path:

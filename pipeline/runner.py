@@ -109,9 +109,11 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
     try:
         kind.check(spec)                   # the same checks `pipeline validate` ran
         if "code" in spec.scores:          # never train or evaluate on code rewards nothing could isolate
-            from rewards.sandbox import require_sandbox
+            from rewards.sandbox import DESCRIBE, require_sandbox
 
-            ctx.log.info(f"[{spec.id}] code sandbox: {require_sandbox()}")
+            sb = require_sandbox(isolation=run.get("sandbox", "namespaces"))   # the recipe's sandbox.isolation
+            ctx.manifest.update(sandbox={"mode": sb, "isolation": DESCRIBE[sb]})
+            (ctx.log.warning if sb == "rlimits" else ctx.log.info)(f"[{spec.id}] code sandbox: {sb} ({DESCRIBE[sb]})")
         summary = kind.run_fn()(ctx) or {}
         ctx.check_driver()
     except DriverGone:
@@ -198,7 +200,8 @@ class Runner:
         remotes = {gpu: stage_task(ray, _execute_stage, gpu) for gpu in (0, 1)}
         self.cluster = ray.cluster_resources()
         self.priority = priorities(self.graph)
-        run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging}
+        run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging,
+                    "sandbox": self.recipe.sandbox.isolation}
         needed = ancestors(self.graph, selected)
         done: dict[str, str] = {}          # id -> complete | failed | skipped
         running: dict = {}                 # ObjectRef -> (spec, t0)

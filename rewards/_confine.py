@@ -148,3 +148,51 @@ def setup_filesystem(hide, expose, tmp_size_mb, userns=False):
     if proc == "hidden":
         _hide_proc()
     return proc
+
+
+# ---- the weaker ``rlimits`` mode: no namespaces (the host's PID space, network and filesystem view)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def plain_setup():
+    """The zygote becomes a child subreaper (orphans of a job are re-parented to it, so it can reap them) and gets a
+    private directory for its jobs (root-owned, 0711); returns that directory."""
+    import tempfile
+
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(_err("prctl(PR_SET_CHILD_SUBREAPER)"))
+    root = tempfile.mkdtemp(prefix="rewards-sandbox-", dir="/tmp")
+    os.chmod(root, 0o711)
+    return root
+
+
+def clear_uid(uid, timeout=3.0):
+    """Kill every process of the (claimed, job-only) ``uid`` -- ``kill(-1)`` from a helper running as that uid
+    reaches exactly those, ``setsid`` escapees included -- and reap them (orphans come to this subreaper) until this
+    process has no child left. Returns False if something survived ``timeout``."""
+    import signal
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            except BaseException:  # noqa: BLE001 — ESRCH: nothing of the uid is left
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+        while True:
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if done == 0:
+                break
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)

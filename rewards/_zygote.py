@@ -16,6 +16,8 @@ ctypes), in one of two ways chosen by the parent (``cfg["userns"]``):
     dropped (effective, permitted, inheritable, ambient, bounding set) and the ``NOROOT`` securebits locked, so
     that no ``exec`` gives them back. Nested user namespaces are refused (``max_user_namespaces`` = 0 in ours).
 
+(A third, weaker way, ``cfg["plain"]``, the ``rlimits`` mode a recipe must opt into: no namespaces at all; the same
+per-job child and rlimits, a claimed separate uid, a private job directory; clean-up by ``_confine.clear_uid``.)
 Either way the process that called ``unshare`` forks: its child is PID 1 of the new PID namespace and is the
 zygote proper; the first process only waits for it (and dies with the parent's ``killpg``).
 
@@ -55,7 +57,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # _confine.py, beside this file (-I drops it)
 from _confine import (  # noqa: E402  (stdlib only, like this file)
-    CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, _libc, _err, _prctl, _caps, drop_all_capabilities, fresh_tmp, setup_filesystem)
+    CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, _libc, _err, _prctl, _caps, drop_all_capabilities, fresh_tmp, setup_filesystem,
+    clear_uid, plain_setup)
 
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "string", "hashlib", "random", "typing",
            "fractions", "decimal", "statistics", "bisect", "copy", "operator", "json", "cmath", "datetime",
@@ -110,7 +113,7 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
             os.dup2(fd, target)
         os.closerange(5, 65536)
         uid = cfg["uid"]
-        work = "/tmp/job"
+        work = cfg.get("workroot", "/tmp") + "/job"
         os.mkdir(work, 0o700)
         os.chown(work, uid, uid)
         os.chdir(work)
@@ -139,12 +142,16 @@ def _child(job, cfg, out_w, err_w, res_w, nonce_r):
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         clean_builtins = dict(builtins.__dict__)
         entry = job["entry_point"]
+    except BaseException as e:  # noqa: BLE001 — the sandbox's own set-up failed: no judgement (the parent counts it)
+        _write(3, b"FAIL setup_error " + type(e).__name__.encode() + b" " + str(e)[:200].encode(errors="replace"))
+        _exit(1)
+    try:
         code = compile(job["program"], "<solution>", "exec")
     except SyntaxError:
         _write(3, b"FAIL syntax_error")
         _exit(1)
-    except BaseException as e:  # noqa: BLE001 — a set-up failure is a failed test, reported
-        _write(3, b"FAIL setup_error " + type(e).__name__.encode() + b" " + str(e)[:200].encode(errors="replace"))
+    except BaseException as e:  # noqa: BLE001 — null bytes, nesting too deep: the program's fault
+        _write(3, b"FAIL compile_error " + type(e).__name__.encode()[:100])
         _exit(1)
     # Audit hooks cannot be removed: block tracing/profiling (jumping over asserts), ctypes (memory writes) and
     # gc walks (finding and patching the runner's pristine builtins); any attempt also marks the run tampered.
@@ -271,10 +278,15 @@ def run_job(job, cfg):
             _, exited = os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    cleared = clear_namespace()
+    cleared = clear_uid(cfg["uid"]) if cfg.get("plain") else clear_namespace()
     for fd in bufs:
         os.close(fd)
-    if cleared:
+    if cleared and cfg.get("plain"):
+        import shutil
+
+        shutil.rmtree(cfg["workroot"] + "/job", ignore_errors=True)
+        cleared = not os.path.exists(cfg["workroot"] + "/job")
+    elif cleared:
         fresh_tmp(cfg["tmp_mb"])
     res = bytes(bufs[res_r])
     passed = status is None and res == b"PASS " + nonce
@@ -332,6 +344,15 @@ def enter_namespaces(cfg):
 def main():
     cfg = json.loads(sys.argv[1])
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if cfg.get("plain"):   # the opt-in weaker mode: no namespaces, no filesystem set-up (see _confine.plain_setup)
+        try:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            _prctl(PR_SET_DUMPABLE, 0)
+            cfg["workroot"] = plain_setup()
+        except BaseException as e:  # noqa: BLE001
+            _send({"ready": False, "error": " ".join(str(e).split())[:500]})
+            os._exit(3)
+        return serve(cfg, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "workroot": cfg["workroot"]})
     try:
         enter_namespaces(cfg)
         # PID 1 from here on
@@ -350,12 +371,16 @@ def main():
         except OSError:
             pass
         os._exit(3)
+    serve(cfg, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "proc": proc})
+
+
+def serve(cfg, ready):
     for m in PRELOAD:
         try:
             __import__(m)
         except ImportError:
             pass
-    _send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "proc": proc})
+    _send(ready)
     while True:
         job = _recv()
         if job is None:

@@ -9,7 +9,8 @@ Where a verifier runs is part of its registration:
     a hard wall-clock limit and an address-space cap; an overrun kills and replaces the worker.
   * ``isolation="sandbox"`` (code): in the calling process, which hands the program to the sandbox pool
     (``rewards.sandbox``); the batch is spread over the sandbox workers by threads.
-``score``/``score_batch`` never raise on model output: every failure is a ``Verdict`` with score 0 and ``error``.
+``score``/``score_batch`` never raise on model output: every failure is a ``Verdict`` with score 0 and ``error``;
+where the verifier itself failed (not the completion) ``details["verifier_error"]`` says why (``Verdict.unscored``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Callable
 from core.chat import BOS, END, MODES, PAD, split_reasoning
 
 from .pool import get_pool
-from .verdict import Verdict
+from .verdict import Verdict, verifier_failure
 
 DOMAINS = ("math", "code", "agent", "instruct")
 # the module that registers each domain's verifier (imported lazily, also inside workers)
@@ -103,8 +104,9 @@ def score_local(domain: str, completion, sample, mode: str) -> Verdict:
         if not isinstance(sample, dict):
             return fail("sample must be a JSON object", t0)
         v = get_verifier(domain).fn(completion, sample, mode)
-    except Exception as e:  # noqa: BLE001 — a verifier bug on odd input is a 0 with the error, never a crash
-        return fail(f"verifier error: {type(e).__name__}: {str(e)[:300]}", t0)
+    except Exception as e:  # noqa: BLE001 — a verifier bug on odd input: no judgement (counted), never a crash
+        return verifier_failure(f"verifier error: {type(e).__name__}: {str(e)[:300]}",
+                                time_s=time.monotonic() - t0)
     v.details["time_s"] = time.monotonic() - t0
     return v
 

@@ -14,6 +14,7 @@ from core.chat import END_THINK
 
 MAX_PROGRAM_CHARS = 200_000
 MAX_ANSWER_CHARS = 4 * MAX_PROGRAM_CHARS   # longer answers are refused before any parsing
+SANDBOX_FAILURES = ("sandbox_unavailable", "sandbox_error", "setup_error")
 _LANG_RE = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
 
 
@@ -81,7 +82,11 @@ def verify_code(completion: str, sample: dict, mode: str) -> Verdict:
         return fail(f"program longer than {MAX_PROGRAM_CHARS} chars", format_ok=True)
     res = get_pool().run(program, sample["test"], sample["entry_point"], sample.get("timeout_s"))
     passed = bool(res.get("passed"))
-    details = {"extracted": code[:2000], "format_ok": True, "status": res.get("status"),
+    status = str(res.get("status"))
+    # the sandbox lost (a zygote that died or could not start after the stage's start check) or its own set-up
+    # failing is no judgement of the program: counted as a verifier failure, never as a wrong answer
+    unscored = not passed and status.startswith(SANDBOX_FAILURES)
+    details = {"verifier_error": status if unscored else None, "extracted": code[:2000], "format_ok": True, "status": res.get("status"),
                "sandbox_time_s": res.get("time_s"), "stdout": res.get("stdout", "")[:2000],
                "stderr": res.get("stderr", "")[-2000:], "failed_checks": [] if passed else [res.get("status")],
                "error": None if passed else res.get("status")}

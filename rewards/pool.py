@@ -4,7 +4,9 @@ Each worker is a separate interpreter (``python -c …_worker_main``) that impor
 answers length-prefixed JSON jobs ``{"domain","completion","sample","mode"}`` with a ``Verdict`` dict. The parent
 waits for each answer with ``select`` and a deadline; a worker that overruns (a hang inside sympy, a memory blow-up
 that hits its ``RLIMIT_AS``, a crash) is killed with its whole process group and replaced, and the item gets
-``score 0, error "timeout …"``. This is the only real timeout for math-verify: its own SIGALRM timeouts work on the
+``score 0, error "timeout …"`` (a judgement: the completion made the verifier overrun). A worker that dies twice
+under one item, or a pool that cannot serve (a worker that does not start), gives a verifier failure instead
+(``rewards.verdict.verifier_failure``: ``details["verifier_error"]`` set), which the stages count. This is the only real timeout for math-verify: its own SIGALRM timeouts work on the
 main thread only and cannot interrupt C code, so they are switched off (``None``) inside the workers.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .verdict import Verdict
+from .verdict import Verdict, verifier_failure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_MEM_MB = int(os.environ.get("REWARDS_WORKER_MEM_MB", "4096"))
@@ -150,10 +152,9 @@ class WorkerPool:
                 if not crashed:
                     return Verdict(0.0, {"error": f"timeout: exceeded {limit_s:g}s hard limit",
                                          "time_s": time.monotonic() - t0})
-            return Verdict(0.0, {"error": "worker crashed (memory cap or fault), twice",
-                                 "time_s": time.monotonic() - t0})
-        except Exception as e:  # noqa: BLE001 — never raise on model output
-            return Verdict(0.0, {"error": f"pool error: {type(e).__name__}: {e}", "time_s": time.monotonic() - t0})
+            return verifier_failure("worker crashed (memory cap or fault), twice", time_s=time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 — never raise on model output; counted as a verifier failure
+            return verifier_failure(f"pool error: {type(e).__name__}: {e}", time_s=time.monotonic() - t0)
         finally:
             self._free.put(i)
 

@@ -42,6 +42,7 @@ def main():
             res = {"score": v.score, "details": v.details}
             data = pack(res)
         except Exception as e:  # noqa: BLE001
-            data = pack({"score": 0.0, "details": {"error": f"worker error: {type(e).__name__}"}})
+            why = f"worker error: {type(e).__name__}"      # the job could not be read or answered: no judgement
+            data = pack({"score": 0.0, "details": {"error": why, "verifier_error": why}})
         out.write(data)
         out.flush()

@@ -81,6 +81,13 @@ register_stage_kind(StageKind(
 
 
 # ----------------------------------------------------------------------------------------------------------- grpo
+class RewardErrorLimits(Strict):
+    """When verifier failures (a reward of 0 that judged nothing: a worker crashed twice, the pool broke, the sandbox
+    was lost after the start check) stop a GRPO stage with one line. Each step's ``reward_errors`` counts them."""
+    first_step: int = Field(0, ge=0)               # failures allowed in the first step (0: any one stops the stage)
+    max_fraction: float = Field(0.05, ge=0, le=1)  # after it: the largest fraction of a step's rewards that may fail
+
+
 class GRPOConfig(Strict):
     """One ``grpo.<domain>.<mode>`` stage per domain x mode; see docs/grpo.md for the objective."""
     init_from: str = "sft.{domain}"         # ``{domain}`` / ``{mode}`` are filled in per stage
@@ -104,6 +111,7 @@ class GRPOConfig(Strict):
     keep_sampling_mask: bool = True
     keep_routing: bool = True
     shaping: ShapingConfig = ShapingConfig()   # per-mode budgets and length shaping, reward weights
+    reward_errors: RewardErrorLimits = operational(RewardErrorLimits())   # when verifier failures stop the stage
     engine: EngineConfig = EngineConfig()
     placement: Placement = operational(Placement())   # colocate or split learner and engines on the stage's GPUs
     save_every: int = operational(Field(5, ge=1))

@@ -15,6 +15,7 @@ import time
 import torch
 
 from core.where import device as ray_device
+from rewards.reward_errors import check_reward_errors
 from rewards.tasks import load_tasks
 from rollout.engine import SamplingParams
 from rollout.engines import describe, rollout_engine
@@ -53,6 +54,8 @@ def run(ctx) -> dict:
                                 return_routed_experts=engine_routes)
         ro = collect(engine, tok, batch, cfg.mode, g.group_size, params, g.shaping, workers=ctx.num_cpus)
         t_roll = time.time() - t0
+        check_reward_errors(ro.reward_errors, len(ro.texts), step, g.reward_errors.first_step,   # verifier failures:
+                            g.reward_errors.max_fraction, ro.reward_error, ctx.stage_id)     # fail, never train on
         reward_P_G = ro.reward_P_G if cfg.reward_signal else torch.zeros_like(ro.reward_P_G)   # the control: none
         adv = asymmetric(ADVANTAGES[g.advantage](reward_P_G), g.baseline_shift, g.negative_weight)
         mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device)
@@ -157,4 +160,4 @@ def step_metrics(ro: Rollouts, results) -> dict:
                 correct=float(ro.correct_P_G.mean()), **{f"reward.{k}": v for k, v in ro.components.items()},
                 response_length=sum(ro.n_tokens) / len(ro.n_tokens), truncated=sum(ro.truncated) / len(ro.truncated),
                 loss=sum(r.loss for r in results) / len(results), grad_norm=results[-1].grad_norm,
-                lr=results[-1].lr, **avg)
+                lr=results[-1].lr, reward_errors=ro.reward_errors, **avg)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rewards.base import score_batch
+from rewards.verdict import count_unscored
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
@@ -35,6 +36,8 @@ class Rollouts:
     reward_P_G: torch.Tensor          # shaped rewards
     components: dict                  # name -> mean over the batch
     truncated: list[bool]
+    reward_errors: int = 0            # verdicts that are verifier failures (scored 0 without a judgement)
+    reward_error: str | None = None   # the first one's reason
 
 
 @dataclass
@@ -82,8 +85,9 @@ def collect(engine, tok, samples: list[dict], mode: str, G: int, params: Samplin
              for v, t, n in zip(verdicts, texts, ntoks)]
     reward = torch.tensor([sum(shaping.weights[k] * c[k] for k in shaping.weights) for c in comps]).view(len(samples), G)
     mean_comps = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]}
+    n_err, first_err = count_unscored(verdicts)
     return Rollouts(samples, seqs, plens, masks, logps, keeps, texts, ntoks, routes, correct, reward, mean_comps,
-                    trunc)
+                    trunc, n_err, first_err)
 
 
 def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, use_keep: bool,

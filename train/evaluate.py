@@ -36,6 +36,7 @@ import numpy as np
 
 from rewards import humaneval
 from rewards.base import score_batch
+from rewards.verdict import count_unscored
 from rewards.tasks import bfcl, load_tasks, mmath, system_prompt
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
@@ -125,6 +126,7 @@ class HeldOutEvaluator:
         self.fleet, self.who, self.device = fleet, who, device
         self._tasks: dict[str, list[dict]] = {}
         self.rollout: dict | None = None
+        self.reward_errors, self.reward_error = 0, None   # verifier failures over every cell scored, the first's reason
 
     def engine_for(self, folder, tok):
         return rollout_engine(self.h.engine, folder, tok, self.fleet, f"{self.who}:eval", self.device)
@@ -146,10 +148,12 @@ class HeldOutEvaluator:
         try:
             rows = []
             for d, m in cells:
-                t0 = time.time()
+                t0, errs = time.time(), self.reward_errors
                 got = self.cell(engine, tok, model_id, d, m)
                 rows += got
                 shown = {r["metric"]: round(r["value"], 3) for r in got}
+                if self.reward_errors > errs:
+                    shown["reward_errors"] = self.reward_errors - errs
                 log(f"[eval] {model_id} {d}/{m} in {time.time() - t0:.1f}s: {shown}")
             return rows
         finally:
@@ -267,6 +271,9 @@ class HeldOutEvaluator:
         flat_t = [t for ts in texts for t in ts]
         flat_s = [x for x, ts in zip(samples, texts) for _ in ts]
         verdicts = score_batch(domain, flat_t, flat_s, mode, workers=self.workers)
+        n_err, why = count_unscored(verdicts)          # verifier failures: scored 0 without a judgement, counted
+        self.reward_errors += n_err
+        self.reward_error = self.reward_error or why
         out, i = [], 0
         for ts in texts:
             out.append([v.score for v in verdicts[i:i + len(ts)]])
