@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     n = len(verdicts)
     errors = sum(1 for v in verdicts if v.details.get("error"))
     mean = sum(v.score for v in verdicts) / n if n else 0.0
+    unscored = sum(1 for v in verdicts if v.unscored)      # verifier failures: 0s that judged nothing
     print(json.dumps({"domain": args.domain, "count": n, "mean_reward": round(mean, 4), "errors": errors,
-                      "seconds": round(dt, 3), "per_second": round(n / dt, 1) if dt > 0 else None}),
+                      "reward_errors": unscored, "seconds": round(dt, 3), "per_second": round(n / dt, 1) if dt > 0 else None}),
           file=sys.stderr)
     return 0
 

@@ -149,3 +149,25 @@ def test_a_sandbox_that_cannot_restart_is_a_counted_failure(sandbox, monkeypatch
     assert v.score == 0.0 and v.unscored, v
     assert v.details["verifier_error"] == "sandbox_unavailable: unshare(CLONE_NEWNS): EPERM"
     assert "sandbox_unavailable" in _fails([v] + [score("code", "    return 0\n", CODE, "non_think")])
+
+
+def test_pipeline_reward_counts_verifier_failures(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rewards.cli import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"completion": c, "answer": "4"}) + "\n" for c in ("\\boxed{4}", "\\boxed{5}")))
+    assert main(["math", "--input", str(inp), "--output", str(tmp_path / "ok.jsonl"), "--workers", "1"]) == 0
+    ok = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert ok["reward_errors"] == 0 and ok["mean_reward"] == 0.5, ok
+
+    def never_ready(self):
+        raise RuntimeError("verifier worker did not start")
+
+    monkeypatch.setattr(pool_mod._Worker, "wait_ready", never_ready)
+    assert main(["math", "--input", str(inp), "--output", str(tmp_path / "bad.jsonl"), "--workers", "1"]) == 0
+    bad = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert bad["reward_errors"] == 2 and bad["errors"] == 2, bad
+    rows = [json.loads(x) for x in (tmp_path / "bad.jsonl").read_text().splitlines()]
+    assert all(r["details"]["verifier_error"].startswith("pool error") for r in rows), rows
