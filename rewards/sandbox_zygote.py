@@ -53,7 +53,6 @@ ROOT_NS, USER_NS, USER_NS_1UID = "root-namespaces", "user-namespace", "user-name
 RLIMITS = "rlimits"          # the weaker mode: rlimits and a separate uid, no namespaces (opt-in only)
 NAMESPACE_MODES = (ROOT_NS, USER_NS, USER_NS_1UID)
 CAP_SETGID, CAP_SETUID = 6, 7
-_PROBE_INDEX = 63  # the probe zygote's sandbox uid slot (pools use 0..workers-1)
 
 
 def _cap_effective() -> int:
@@ -236,6 +235,8 @@ class Zygote:
                 f.close()
             except Exception:  # noqa: BLE001
                 pass
+        if self._claim is not None:      # rlimits mode: a job's escapees outlive the zygote (no PID namespace)
+            _kill_uid(self.uid)
         if self.workroot:                 # rlimits mode: the zygote's private directory on the host
             import shutil
 
@@ -275,6 +276,15 @@ def _claim_uid(tries: int = 4096):
         except OSError:
             os.close(fd)
     raise SandboxUnavailable(f"no free sandbox uid in {start}..{start + tries}")
+
+
+def _kill_uid(uid: int):
+    """Kill every process of the claimed ``uid`` (``kill -9 -1`` run as that uid reaches exactly those)."""
+    try:
+        subprocess.run(["kill", "-9", "-1"], user=uid, group=uid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def _release(fd):
