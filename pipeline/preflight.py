@@ -105,7 +105,7 @@ def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None,
     rep.part("rows", t, fresh.pop("_summary"))
 
     t = time.perf_counter()
-    rep.part("sandbox", t, _check_sandbox(sel, src))
+    rep.part("sandbox", t, _check_sandbox(sel, src, recipe.sandbox.isolation))
     t = time.perf_counter()
     rep.part("engine", t, _check_engine(recipe, sel, src, address))
     t = time.perf_counter()
@@ -203,14 +203,14 @@ def _write_cache(run_dir: Path, rows: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the other parts
-def _check_sandbox(sel, src: str) -> str:
+def _check_sandbox(sel, src: str, isolation: str = "namespaces") -> str:
     users = [s.id for s in sel if "code" in s.scores]
     if not users:
         return "not needed (no selected stage scores code)"
     from rewards.sandbox import SandboxUnavailable, require_sandbox
 
     try:
-        mode = require_sandbox()
+        mode = require_sandbox(isolation=isolation)      # the recipe's sandbox.isolation (rlimits: the weaker one)
     except SandboxUnavailable as e:
         raise RecipeError(f"{src}: code sandbox: {e} (needed by {users[0]})") from None
     return f"starts ({mode}), for {len(users)} stage(s) that score code"

@@ -182,7 +182,7 @@ def missing_vllm_for_a_vllm_engine(t, mp):
 def no_code_sandbox(t, mp):
     import rewards.sandbox
 
-    def refuse(refresh=False):
+    def refuse(refresh=False, isolation=None):
         raise rewards.sandbox.SandboxUnavailable("no namespaces and no seccomp here")
 
     mp.setattr(rewards.sandbox, "require_sandbox", refuse)

@@ -215,3 +215,17 @@ def test_a_stage_that_opted_in_records_the_weaker_isolation(tmp_path):
 
     html = write_report(tmp_path / "run").read_text()
     assert "rlimits (weaker)" in html
+
+
+def test_preflight_checks_the_sandbox_with_the_recipes_isolation(monkeypatch):
+    """`pipeline run`'s preflight starts the sandbox as the recipe chose: an opted-in ``rlimits`` is not refused
+    there before the stage could use it."""
+    from types import SimpleNamespace
+
+    import pipeline.preflight as pf
+
+    seen = []
+    monkeypatch.setattr(sb, "require_sandbox", lambda refresh=False, isolation=None: seen.append(isolation) or "rlimits")
+    sel = [SimpleNamespace(id="sft.code", scores=["code"]), SimpleNamespace(id="sft.math", scores=["math"])]
+    assert pf._check_sandbox(sel, "r.yaml", "rlimits") == "starts (rlimits), for 1 stage(s) that score code"
+    assert seen == ["rlimits"]
