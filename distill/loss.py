@@ -38,10 +38,13 @@ class DistillBatch:
 
 
 def micro_batches(trajs, routes_of, payloads: dict[str, list], pad_id: int,
-                  max_tokens: int = MICRO_BATCH_TOKENS, device=None) -> list[DistillBatch]:
+                  max_tokens: int = MICRO_BATCH_TOKENS, device=None, ranks: int = 1) -> list[DistillBatch]:
     """``routes_of(traj) -> [(teacher, weight)]``; ``payloads[name]`` lists that teacher's tensors in the order of
     the trajectories it grades. Returns micro-batches of at most ``max_tokens`` loss positions (whole trajectories),
-    on ``device``."""
+    on ``device``; with ``ranks`` learner ranks, at most a ``ranks``-th of the step's tokens each (at least one
+    micro-batch per rank). They are one optimizer step's global batch: each weighs its token count, and
+    ``Learner.step`` divides the step's KL sum by the total over all of them, whatever the number of ranks."""
+    max_tokens = min(max_tokens, -(-sum(t.n_tokens for t in trajs) // max(ranks, 1)))
     cursor = defaultdict(int)
     groups, cur, n = [], [], 0
     for t in trajs:
@@ -83,9 +86,19 @@ def _pack(group, pad_id: int, device) -> DistillBatch:
 
 
 def student_hidden(model, mb: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(last hidden states at the loss positions ``[N, H]``, the output head weight ``[V, H]``)."""
+    """(last hidden states at the loss positions ``[N, H]``, the output head weight ``[V, H]``).
+
+    The forward goes through ``model`` itself, the learner's DDP / DeepSpeed wrapper (a forward of the inner model
+    alone would leave DDP's gradient all-reduce unarmed: each rank would step on its own share), with logits for
+    one position per row only; a hook on the base model takes its last hidden states."""
     m = getattr(model, "module", model)
-    h_B_L_H = m.base_model(input_ids=mb.input_ids_B_L, attention_mask=mb.attention_mask_B_L).last_hidden_state
+    got = []
+    hook = m.base_model.register_forward_hook(lambda mod, args, out: got.append(out.last_hidden_state))
+    try:
+        model(input_ids=mb.input_ids_B_L, attention_mask=mb.attention_mask_B_L, logits_to_keep=1)
+    finally:
+        hook.remove()
+    h_B_L_H = got[-1]
     head_V_H = m.get_output_embeddings().weight
     h_N_H = h_B_L_H.reshape(-1, h_B_L_H.shape[-1]).index_select(0, mb.flat_positions_N)
     return h_N_H.to(head_V_H.dtype), head_V_H

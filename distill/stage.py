@@ -23,7 +23,6 @@ from rollout.engines import describe, rollout_engine
 from train.evaluate import summary_of
 from train.ranks import stage_learner
 
-from .config import MICRO_BATCH_TOKENS
 from .kl import teacher_payload_bytes
 from .loss import kl_means, make_loss_fn, micro_batches
 from .rollouts import generate_trajectories
@@ -70,9 +69,8 @@ def run(ctx) -> dict:
             payloads = pool.run(requests)
             t_teach = time.perf_counter()
             loss_fn = make_loss_fn(pool.heads, d.payload, d.chunk_size, d.temperature)
-            per_rank = -(-sum(t.n_tokens for t in trajs) // learner.ranks)    # at least one micro-batch per rank
             mbs = micro_batches(trajs, lambda t: route(table, t.draw.domain, t.draw.mode), payloads,
-                                tok.pad_token_id, max_tokens=min(MICRO_BATCH_TOKENS, per_rank), device=learner.device)
+                                tok.pad_token_id, device=learner.device, ranks=learner.ranks)   # >= 1 per rank
             res = learner.step(loss_fn, mbs)
             t_train = time.perf_counter()
             sync_s = engine.load_weights(learner.rollout_state_dict(engine.fp4))

@@ -23,7 +23,7 @@ from train.evaluate import summary_of
 from train.ranks import stage_learner
 
 from .algos import ADVANTAGES, LOSS_AGGREGATIONS, asymmetric, entropy, masked_logprobs, policy_loss, token_entropy
-from .rollouts import GRPOBatch, Rollouts, collect, to_minibatches
+from .rollouts import GRPOBatch, Rollouts, by_minibatch, collect, to_minibatches
 from .routing import RouteReplay
 
 
@@ -58,10 +58,10 @@ def run(ctx) -> dict:
                             g.reward_errors.max_fraction, ro.reward_error, ctx.stage_id)     # fail, never train on
         reward_P_G = ro.reward_P_G if cfg.reward_signal else torch.zeros_like(ro.reward_P_G)   # the control: none
         adv = asymmetric(ADVANTAGES[g.advantage](reward_P_G), g.baseline_shift, g.negative_weight)
-        mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device)
+        # each minibatch (an optimizer step) in one part per rank: data parallel over the step's global batch
+        mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device, learner.ranks)
         mismatch = old_policy(learner, ref, routes, mbs, g, cfg.budget)   # π_old = engine; π_ref; the mismatch
-        loss_fn = make_loss_fn(g, cfg.budget)
-        results = [learner.step(loss_fn, [mb]) for _ in range(g.ppo_epochs) for mb in mbs]
+        results = train_steps(learner, make_loss_fn(g, cfg.budget), by_minibatch(mbs), g.ppo_epochs)
         sync_s = engine.load_weights(learner.rollout_state_dict(engine.fp4))
         seen = (step + 1) * len(batch)
         loop.log({"samples_seen": seen}, **step_metrics(ro, results), **mismatch, sync_s=sync_s,
@@ -148,9 +148,24 @@ def make_loss_fn(g, budget: int):
                           offpolicy_delta=g.offpolicy_delta if g.offpolicy_mask else None, aggregation=g.loss_agg,
                           max_len=budget, entropy_coef=g.entropy_coef,
                           entropy_B_T=token_entropy(logits, t, mb.keep_ids_B_T_K) if g.entropy_coef else None)
-        return out.loss_sum, {**out.metrics, "entropy": entropy(logits.detach(), mb.mask_B_T)}
+        # a count: Learner.step sums Σ v · weight / W over the step's micro-batches, train_steps multiplies by W
+        metrics = {**out.metrics, "masked_seqs": out.metrics["masked_seqs"] / max(mb.weight, 1e-9)}
+        return out.loss_sum, {**metrics, "entropy": entropy(logits.detach(), mb.mask_B_T)}
 
     return loss_fn
+
+
+def train_steps(learner, loss_fn, steps: list[list[GRPOBatch]], epochs: int) -> list:
+    """``epochs`` passes of one optimizer step per minibatch (``steps``: each minibatch's parts, one per rank). The
+    step's ``masked_seqs`` back to a count, ``masked_frac`` to the step's share of sequences."""
+    results = []
+    for _ in range(epochs):
+        for parts in steps:
+            res = learner.step(loss_fn, parts)
+            masked = round(res.metrics["masked_seqs"] * sum(mb.weight for mb in parts), 6)
+            res.metrics.update(masked_seqs=masked, masked_frac=masked / max(sum(mb.n_seqs for mb in parts), 1))
+            results.append(res)
+    return results
 
 
 def step_metrics(ro: Rollouts, results) -> dict:

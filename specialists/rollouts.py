@@ -54,6 +54,7 @@ class GRPOBatch:
     old_logp_B_T: torch.Tensor | None = None   # π_old (filled in before the optimizer steps)
     ref_logp_B_T: torch.Tensor | None = None   # π_ref (KL term)
     routes: list | None = None                 # Keep Routing: experts per router call, recorded under π_old
+    minibatch: int = 0                         # the optimizer step (minibatch) this micro-batch is a part of
     extra: dict = field(default_factory=dict)
 
 
@@ -91,14 +92,27 @@ def collect(engine, tok, samples: list[dict], mode: str, G: int, params: Samplin
 
 
 def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, use_keep: bool,
-                   device=None) -> list[GRPOBatch]:
-    """Split the P*G sequences into ``n_mb`` padded micro-batches (whole sequences, fixed order), on ``device``."""
+                   device=None, ranks: int = 1) -> list[GRPOBatch]:
+    """Split the P*G sequences into ``n_mb`` minibatches (whole sequences, fixed order), one optimizer step each, and
+    each minibatch into ``ranks`` contiguous parts (sizes differing by at most one; none empty), the learner ranks'
+    shares of that step: padded micro-batches on ``device``, in order, each knowing its minibatch (``minibatch``).
+    The parts of a minibatch are one step's global batch: ``Learner.step`` normalizes by their total weight, so
+    any number of ranks takes the same step (``by_minibatch`` groups them)."""
     adv = adv_P_G.flatten()
     order = list(range(len(r.seqs)))
     size = -(-len(order) // n_mb)
+    parts = []
+    for k, start in enumerate(range(0, len(order), size)):
+        chunk = order[start:start + size]
+        q, rem = divmod(len(chunk), ranks)
+        at = 0
+        for i in range(ranks):
+            n = q + (1 if i < rem else 0)
+            if n:
+                parts.append((k, chunk[at:at + n]))
+            at += n
     out = []
-    for start in range(0, len(order), size):
-        idx = order[start:start + size]
+    for k, idx in parts:
         L = max(len(r.seqs[i]) for i in idx)
         B = len(idx)
         ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -119,7 +133,7 @@ def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, u
                 for p, allowed in zip(pos, r.keep[i]):
                     if allowed is not None:
                         keep[b, p, :len(allowed)] = torch.tensor(allowed)
-        mb = GRPOBatch(ids, attn, mask, elogp, keep, adv[idx], n_seqs=B)
+        mb = GRPOBatch(ids, attn, mask, elogp, keep, adv[idx], n_seqs=B, minibatch=k)
         if all(r.routes[i] is not None for i in idx):       # Keep Routing: the experts the engine used
             mb.routes = [t.to(device) if device is not None else t
                          for t in routes_from_sequences([r.routes[i] for i in idx], L)]
@@ -130,3 +144,11 @@ def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, u
                     setattr(mb, name, t.to(device))
         out.append(mb)
     return out
+
+
+def by_minibatch(mbs: list[GRPOBatch]) -> list[list[GRPOBatch]]:
+    """``to_minibatches``' micro-batches grouped by minibatch: one list per optimizer step, in order."""
+    steps: dict[int, list[GRPOBatch]] = {}
+    for mb in mbs:
+        steps.setdefault(mb.minibatch, []).append(mb)
+    return [steps[k] for k in sorted(steps)]

@@ -257,6 +257,10 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------------- weights
     @property
+    def _zero_stage(self) -> int:
+        return self.cfg.zero_stage if self.accelerator.distributed_type.value == "DEEPSPEED" else 0
+
+    @property
     def zero3(self) -> bool:
         return self.accelerator.distributed_type.value == "DEEPSPEED" and self.cfg.zero_stage == 3
 
@@ -323,6 +327,9 @@ class Learner:
                       str(folder / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         if rank == 0:
+            from .ckpt_world import write_world     # the world size the checkpoint was written at
+
+            write_world(folder, self.accelerator.num_processes, self._zero_stage)
             torch.save({"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step_count},
                        folder / "trainer_state.pt")
             (folder / "extra.json").write_text(json.dumps(extra))
@@ -330,9 +337,13 @@ class Learner:
             torch.save({"rng": rng_state()}, folder / f"rng_rank{rank}.pt")
 
     def load(self, folder: Path) -> dict:
-        """Restore a ``save``d folder (in a group: every rank calls it; a DeepSpeed checkpoint needs the world size
-        and ZeRO stage it was saved with). Returns the ``extra`` it was saved with."""
+        """Restore a ``save``d folder (in a group: every rank calls it). A plain checkpoint resumes at any world
+        size; a DeepSpeed one only at the world size and ZeRO stage it was saved with, else a one-line ValueError
+        (``train.ckpt_world``). Returns the ``extra`` it was saved with."""
+        from .ckpt_world import check_world
+
         folder = Path(folder)
+        check_world(folder, self.accelerator.num_processes, self._zero_stage)
         rank = self.accelerator.process_index
         if self.accelerator.distributed_type.value == "DEEPSPEED":
             self.accelerator.load_state(str(folder / "accelerate"))
