@@ -1,7 +1,7 @@
 """`pipeline`: run, validate, inspect and score post-training recipes.
 
     pipeline run RECIPE [--run-dir DIR] [--set a.b=v ...] [--only S ...] [--from S] [--force S ...] [--address A]
-    pipeline validate RECIPE [--set ...]
+    pipeline validate RECIPE [--set ...] [--run-dir DIR]
     pipeline plan RECIPE [--cluster "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024"] [--set ...]
     pipeline stages RECIPE [--run-dir DIR]
     pipeline status RUN_DIR [--json]
@@ -10,7 +10,9 @@
     pipeline report RUN_DIR [--out DIR]
     pipeline export RUN_DIR --stage STAGE [--format hf|mxfp4] --out DIR
 
-Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, flags, files), 3 run-directory problem (locked, ...).
+Exit codes (the same from validate and run): 0 success, 1 a stage failed, 2 bad recipe or input (recipe, flags,
+files, rows, model, a run directory that cannot be written: everything the preflight checks), 3 the run directory is
+locked by another run (or, joining a cluster, not shared by every node).
 """
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ from pathlib import Path
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_RUNDIR = 1, 2, 3
 
 
+EXIT_CODES = ("exit codes (the same from validate and run): 0 success; 1 a stage failed; 2 bad recipe or input "
+              "(what the preflight checks: recipe, flags, files, rows, model, tokenizer, sandbox, packages, a run "
+              "directory that cannot be written); 3 the run directory is locked by another run")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's default prints usage too)
         print(f"pipeline: {_one_line(message)}", file=sys.stderr)
@@ -29,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pipeline", description="DeepSeek-V4-style post-training pipeline")
+    p = _Parser(prog="pipeline", description="DeepSeek-V4-style post-training pipeline", epilog=EXIT_CODES)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     def recipe_args(sp):
@@ -37,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set sft.steps=100 (repeatable)")
 
-    r = sub.add_parser("run", help="run (or resume) a recipe's stage graph")
+    r = sub.add_parser("run", help="run (or resume) a recipe's stage graph (after the preflight)", epilog=EXIT_CODES)
     recipe_args(r)
     r.add_argument("--run-dir", help="run directory (default: runs/<recipe name>)")
     r.add_argument("--only", nargs="+", default=[], metavar="STAGE", help="run only these stages")
@@ -45,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="re-run these stages from scratch")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or host:6379)")
 
-    v = sub.add_parser("validate", help="check a recipe; exit 0 or 2 with one line naming the problem")
+    v = sub.add_parser("validate", help="the preflight: check a recipe and what it reads (rows, model, sandbox, "
+                                        "engine, packages, run dir); exit 0 or 2 with one line", epilog=EXIT_CODES)
     recipe_args(v)
+    v.add_argument("--run-dir", help="the run directory to check (default: runs/<recipe name>)")
 
     pl = sub.add_parser("plan", help="dry run: where every actor goes and its memory; exit 2 if it cannot fit")
     recipe_args(pl)
@@ -111,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.cmd in ("eval", "report", "export"):
             return _tools(args)
-        # joining a cluster (run --address) or planning for one: resources are checked against it, not this machine
-        recipe, graph = load_with_graph(args.recipe, args.overrides,
-                                        check=not (args.cmd == "plan" or (args.cmd == "run" and args.address)))
+        if args.cmd in ("validate", "run"):     # the preflight: before any stage, engine or lock changes anything
+            from .preflight import preflight
+
+            recipe, graph, rep = preflight(args.recipe, args.overrides, run_dir=args.run_dir,
+                                           address=getattr(args, "address", None), only=getattr(args, "only", ()),
+                                           from_=getattr(args, "from_", None), write_cache=args.cmd == "run",
+                                           echo=lambda m: print(m, flush=True))
+            print(f"{args.recipe}: ok ({len(graph)} stages) -- preflight {rep.total:.2f} s", flush=True)
+        else:   # planning for a cluster: resources are checked against it, not this machine
+            recipe, graph = load_with_graph(args.recipe, args.overrides, check=args.cmd != "plan")
         if args.cmd == "plan":
             from .plan import main_plan
 
@@ -122,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {args.recipe}: {err}", file=sys.stderr)
             return rc
         if args.cmd == "validate":
-            print(f"{args.recipe}: ok ({len(graph)} stages)")
             return 0
         if args.cmd == "stages":
             return _stages(args, recipe, graph)

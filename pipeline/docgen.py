@@ -130,6 +130,14 @@ def render_model(cls, key: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sections() -> list[str]:
+    """Hand-written sections (exit codes, the preflight): ``docs/recipe_sections/*.md`` in name order."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "recipe_sections"
+    return [f.read_text().rstrip("\n") + "\n" for f in sorted(folder.glob("*.md"))]
+
+
 def render() -> str:
     from .recipe import Recipe
 
@@ -153,7 +161,7 @@ def render() -> str:
              "cluster -- change how a stage runs, never what it computes, so changing them re-runs nothing. The "
              "held-out evaluation settings (`eval`) are not part of a training stage's identity either: evaluation "
              "rows carry the hash of the spec they were computed with, and the eval stage recomputes any row whose "
-             "spec differs.", "", "Sections and their fields:", "",
+             "spec differs.", "", *_sections(), "Sections and their fields:", "",
              *[f"- [{m.__name__}](#{m.__name__.lower()})" + (f" — `{keys[m.__name__]}`" if m.__name__ in keys else "")
                for m in models + extra], ""]
     for m in models:
