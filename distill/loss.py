@@ -99,9 +99,25 @@ def student_hidden(model, mb: DistillBatch) -> tuple[torch.Tensor, torch.Tensor]
     finally:
         hook.remove()
     h_B_L_H = got[-1]
-    head_V_H = m.get_output_embeddings().weight
+    head_V_H = student_head(m)
     h_N_H = h_B_L_H.reshape(-1, h_B_L_H.shape[-1]).index_select(0, mb.flat_positions_N)
     return h_N_H.to(head_V_H.dtype), head_V_H
+
+
+def student_head(m) -> torch.Tensor:
+    """The student's output head weight ``[V, H]``, in the autograd graph. Under DeepSpeed ZeRO-3 a parameter outside
+    its module's forward is a 0-element placeholder (``ds_shape`` holds its shape): the head module then runs on the
+    identity ``[H, H]``, so ZeRO gathers the weight for that forward and again for its backward (and partitions the
+    gradient the fused loss computes); ``I · Wᵀ`` is ``Wᵀ`` exactly (every product is by 1 or 0)."""
+    head = m.get_output_embeddings()
+    w = head.weight
+    if not hasattr(w, "ds_shape"):
+        return w
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("distill under ZeRO-3: the student's output head has a bias; only bias-free heads are "
+                         "supported")
+    eye_H_H = torch.eye(w.ds_shape[-1], dtype=w.dtype, device=w.device)
+    return head(eye_H_H).t()
 
 
 def make_loss_fn(heads: dict[str, torch.Tensor], payload: str, chunk_size: int, temperature: float,

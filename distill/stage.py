@@ -113,8 +113,9 @@ def step_metrics(trajs, requests, payloads, pool, learner) -> dict:
     return dict(tokens=n_tok, sequences=len(trajs),
                 payload_bytes_per_token=sum(x.numel() * x.element_size() for v in payloads.values() for x in v)
                 / max(graded, 1),
-                logits_bytes_per_token=teacher_payload_bytes(1, model.config.hidden_size,
-                                                             model.get_output_embeddings().weight.shape[0], "logits"),
+                logits_bytes_per_token=teacher_payload_bytes(1, model.config.hidden_size,   # V: the config's (under
+                                                             model.config.get_text_config().vocab_size,   # ZeRO-3
+                                                             "logits"),   # the head weight has 0 elements here)
                 teachers_per_seq=routed / max(len(trajs), 1), resident_teachers=len(pool.actors),
                 teacher_rss_gb=pool.resident_bytes() / 2**30, teacher_loads=pool.loads,
                 teacher_evictions=pool.evictions, student_tokens=n_tok, teacher_tokens=graded,
