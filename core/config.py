@@ -9,7 +9,12 @@ many checkpoints it keeps, what it logs to -- and is declared so where it is def
     save_every: int = operational(Field(50, ge=1))
 
 ``identity(model)`` is the model's JSON dump with every operational field (at any depth) left out.
-docs/recipe.md lists the operational fields of every section (generated from these declarations).
+
+Two things a stage's hash also holds that no section field carries (``pipeline.graph.config_hash``): the settings of
+the run's rollout fleet that shape samples (``rollout.config.FleetConfig``), for every stage that samples with it,
+and the learner's world size when ``learner.ranks`` is unset (then the stage's GPUs set it). A field that sets the world
+size (or the fleet's dtype) but is otherwise operational is declared ``operational(..., sets=...)``. docs/recipe.md
+has a table of every field of every section, identity or operational (generated from these declarations).
 """
 from __future__ import annotations
 
@@ -25,21 +30,32 @@ Domain = Literal["math", "code", "agent", "instruct"]
 Mode = Literal["non_think", "think_high", "think_max"]
 
 _OPERATIONAL = "operational"
+_SETS = "sets"
+WORLD_SIZE = "the learner's world size where learner.ranks is unset"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def operational(field: Any = None, why: str = "") -> Any:
-    """Mark a field as operational (excluded from the stage hash). ``field``: a ``Field(...)`` or a default value."""
+def operational(field: Any = None, why: str = "", sets: str = "") -> Any:
+    """Mark a field as operational (excluded from the stage hash). ``field``: a ``Field(...)`` or a default value.
+    ``sets``: what the field resolves that *is* identity, and is hashed resolved (e.g. the learner's world size)."""
     if not hasattr(field, "json_schema_extra"):
         field = Field(field)
     extra = dict(field.json_schema_extra or {})
     extra[_OPERATIONAL] = why or True
+    if sets:
+        extra[_SETS] = sets
     field.json_schema_extra = extra
     field._attributes_set["json_schema_extra"] = extra   # what pydantic copies when it builds the model class
     return field
+
+
+def operational_sets(model_cls: type[BaseModel], name: str) -> str:
+    """What an operational field resolves that is identity (``operational(..., sets=...)``), or ""."""
+    f = model_cls.model_fields.get(name)
+    return str(f.json_schema_extra.get(_SETS, "")) if f is not None and isinstance(f.json_schema_extra, dict) else ""
 
 
 def is_operational(model_cls: type[BaseModel], name: str) -> bool:
@@ -71,7 +87,7 @@ def digest(obj: Any) -> str:
 class Resources(Strict):
     """What the stage's Ray task asks for. Operational: where a stage runs does not change what it computes."""
     num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
+    num_gpus: float = operational(Field(0, ge=0), sets=WORLD_SIZE)
     custom: dict[str, float] = {}
 
 

@@ -58,6 +58,8 @@ class StageSpec:
     scores: list[str] = field(default_factory=list)   # domains whose verifiers it runs (training or evaluation)
     dep_field: str = ""                # the recipe field naming the dependencies, for error messages
     inputs: list[str] = field(default_factory=list)   # files outside the run whose content it reads
+    fleet: dict | None = None          # the fleet settings that shape its samples, for a stage that samples with the
+    #                                    run's fleet (FleetConfig.rollout_identity; set by the graph; in its hash)
 
 
 @dataclass

@@ -5,12 +5,16 @@ kinds' ``order``), each with its fully resolved config: per-domain and per-mode 
 merged, typed shaping, defaults taken from other sections resolved. The graph is built once per command; a stage
 reads only its own resolved config.
 
-Identity. A stage's *config hash* is the hash of its resolved config without its operational fields
-(``core.config.identity``; docs/recipe.md lists them) plus the content of the files outside the run it reads
-(``StageSpec.inputs``: data files, an adopted model folder, path teachers). Its *fingerprint* chains that with its
-dependencies' fingerprints and the content hash of their outputs (``output_hash`` in their manifests), so a change
-upstream re-runs everything downstream, while an operational change (resources, checkpoint cadence, logging)
-re-runs nothing.
+Identity: a field is in a stage's hash exactly when it can change what the stage computes. A stage's *config hash*
+is the hash of its resolved config without its operational fields (``core.config.identity``; docs/recipe.md has the
+table), plus the content of the files outside the run it reads (``StageSpec.inputs``: data files, an adopted model
+folder, path teachers), plus what no field of its config carries: the rollout fleet's settings that shape samples,
+for a stage that samples with the fleet (its own rollouts, or the eval stage's; ``StageSpec.fleet``), and the
+learner's world size where ``learner.ranks`` is unset (the stage's GPUs and placement set it:
+``pipeline.placement.learner_ranks``). Its *fingerprint* chains that with its dependencies' fingerprints and the
+content hash of their outputs (``output_hash`` in their manifests), so a change upstream re-runs everything
+downstream, while an operational change (resources that keep the world size, checkpoint cadence, logging) re-runs
+nothing.
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ import hashlib
 import os
 from pathlib import Path
 
-from core.config import digest, identity
+from pydantic import BaseModel
+
+from core.config import digest, identity, is_operational
 from core.registry import STAGE_KINDS, StageSpec
 
 from . import stages as _kinds  # noqa: F401  (registers the built-in stage kinds)
 
-__all__ = ["StageSpec", "build_graph", "check_graph", "config_hash", "fingerprints", "dependants", "ancestors", "content_hash"]
+__all__ = ["StageSpec", "build_graph", "check_graph", "config_hash", "fingerprints", "dependants", "ancestors",
+           "content_hash", "samples_with_fleet"]
 
 
 def build_graph(recipe, check: bool = True) -> list[StageSpec]:
@@ -42,6 +49,10 @@ def build_graph(recipe, check: bool = True) -> list[StageSpec]:
             if dep == s.id:
                 raise ValueError(f"{s.config_key}: stage {s.id} depends on itself")
     order = _toposort(specs)
+    fleet = getattr(recipe, "fleet", None)
+    for s in order:
+        if fleet is not None and samples_with_fleet(s.config):
+            s.fleet = fleet.rollout_identity()
     if check:
         check_graph(order)
     return order
@@ -97,9 +108,36 @@ def content_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def samples_with_fleet(config) -> bool:
+    """Whether what a stage computes comes from the fleet's samples: an ``engine`` of kind vllm in the part of its
+    resolved config that is identity (its own rollouts, the eval stage's held-out spec; not a training stage's own
+    held-out rows, which carry their spec, fleet included)."""
+    from rollout.config import EngineConfig
+
+    if isinstance(config, EngineConfig):
+        return config.kind == "vllm"
+    if isinstance(config, BaseModel):
+        cls = type(config)
+        return any(samples_with_fleet(getattr(config, n)) for n in cls.model_fields if not is_operational(cls, n))
+    if isinstance(config, (list, tuple)):
+        return any(samples_with_fleet(v) for v in config)
+    if isinstance(config, dict):
+        return any(samples_with_fleet(v) for v in config.values())
+    return False
+
+
 def config_hash(spec: StageSpec) -> str:
-    return digest({"kind": spec.kind, "config": identity(spec.config),
-                   "inputs": {p: content_hash(p) for p in spec.inputs}})
+    ident = {"kind": spec.kind, "config": identity(spec.config), "inputs": {p: content_hash(p) for p in spec.inputs}}
+    if spec.fleet is not None:
+        ident["fleet"] = spec.fleet
+    w = STAGE_KINDS[spec.kind].workload(spec)
+    if w.learner is not None and w.learner.ranks is None:   # (set, the config holds the world size)
+        from .placement import learner_ranks
+
+        world = learner_ranks(spec, w)
+        if world != 1:   # one rank, the CPU default, keeps the hash of a run made before the world size counted
+            ident["world"] = world
+    return digest(ident)
 
 
 def fingerprints(graph: list[StageSpec], outputs: dict[str, str] | None = None,

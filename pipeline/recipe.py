@@ -40,7 +40,7 @@ class ControlsConfig(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = operational(Field(pattern=r"^[A-Za-z0-9_.-]+$"), "the run's name: no stage computes from it")
     seed: int = 0
     ray: RayConfig = operational(RayConfig())
     model: ModelConfig = ModelConfig()

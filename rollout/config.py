@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from core.config import Strict, operational
+from core.config import WORLD_SIZE, Strict, identity, operational
+
+HF_MAX_BATCH = 256
+SPLIT_WORLD_SIZE = f"{WORLD_SIZE} in a stage with teachers (distill: split takes their GPUs from the learner)"
+FLEET_DTYPE = "the fleet's dtype where fleet.dtype is unset (bfloat16 on GPU, float32 on CPU)"
 
 
 class Sampling(Strict):
@@ -23,19 +27,28 @@ class EngineConfig(Strict):
     per run, FP4 as the fleet serves it); ``hf`` is the in-process transformers engine (the fallback)."""
     kind: Literal["hf", "vllm"] = "hf"
     fp4: bool = False                       # hf: roll out with MXFP4 weights; vllm: must equal fleet.fp4
-    max_batch: int = Field(256, ge=1)       # hf: sequences per generate call
+    max_batch: int = Field(HF_MAX_BATCH, ge=1)   # hf: sequences per generate call (it orders the sampler's
+    #                                              random draws: in the stage hash); vllm: rejected (no effect)
+
+    @model_validator(mode="after")
+    def _max_batch_acts(self):
+        if self.kind == "vllm" and self.max_batch != HF_MAX_BATCH:
+            raise ValueError("max_batch: has no effect with kind vllm (the fleet's engines schedule their own "
+                             "batches); it sets the hf engine's generate calls: remove it")
+        return self
 
 
 class EngineResources(Strict):
     """What one engine actor asks Ray for (0 CPUs: engines do not hold cores the stages need between rollouts)."""
     num_cpus: float = Field(0, ge=0)
-    num_gpus: float = Field(0, ge=0)        # GPUs per engine (its tensor-parallel group)
+    num_gpus: float = operational(Field(0, ge=0), sets=FLEET_DTYPE)   # GPUs per engine (its tensor-parallel group)
 
 
 class FleetConfig(Strict):
     """vLLM engines started once per `pipeline run` and leased by every stage whose engine is ``vllm``
-    (rollout/fleet.py)."""
-    engines: int = Field(1, ge=1)
+    (rollout/fleet.py). Its identity fields shape the samples: they are in the hash of every stage that samples with
+    the fleet (``rollout_identity``); which engine serves a request does not (requests carry their own seeds)."""
+    engines: int = operational(Field(1, ge=1))
     fp4: bool = True                        # serve MXFP4 weights: packed MXFP4A16 on GPU, exact dequantized on CPU
     dtype: Literal["float32", "bfloat16"] | None = None   # default: bfloat16 on GPU, float32 on CPU
     tensor_parallel_size: int = Field(1, ge=1)
@@ -49,9 +62,20 @@ class FleetConfig(Strict):
     weight_sync: Literal["collective", "object_store"] = operational("collective")   # collective: gloo/NCCL, per lease
     sync_bucket_mb: float = operational(Field(64, gt=0))   # collective: MiB per broadcast bucket (per dtype)
 
+    @property
+    def resolved_dtype(self) -> str:
+        """What the engines run in: ``dtype``, else bfloat16 when they have GPUs, float32 on CPU."""
+        return self.dtype or ("bfloat16" if self.resources.num_gpus else "float32")
+
+    def rollout_identity(self) -> dict:
+        """What of the fleet a stage that samples with it depends on: the identity fields, ``dtype`` resolved."""
+        return {**identity(self), "dtype": self.resolved_dtype}
+
 
 class Placement(Strict):
     """How a stage's GPUs are shared by its actors: the learner's ranks and (distill) the teachers; the rollout
-    engines are the fleet's. See docs/scaling.md. Operational: where actors sit does not change what they compute."""
-    strategy: Literal["colocate", "split"] = "colocate"  # colocate: teachers on the learner's GPUs; split: own GPUs
-    teacher_gpus: int | None = Field(None, ge=0)   # split, distill: GPUs for the teachers (default: a quarter)
+    engines are the fleet's. See docs/scaling.md. Operational: where actors sit does not change what they compute --
+    but ``split`` takes the teachers' GPUs from the learner, and the learner's world size is in the stage hash."""
+    # colocate: teachers on the learner's GPUs; split: their own (distill: taken from the learner's)
+    strategy: Literal["colocate", "split"] = operational("colocate", sets=SPLIT_WORLD_SIZE)
+    teacher_gpus: int | None = operational(Field(None, ge=0), sets=SPLIT_WORLD_SIZE)   # split: default a quarter

@@ -92,6 +92,18 @@ class ModelConfig(Strict):
     tiny: TinyModel = TinyModel()
     size: ModelSize | None = operational(None)   # dimensions for `pipeline plan` (overrides config.json / tiny)
 
+    @model_validator(mode="after")
+    def _acts(self):
+        """Fields with no effect on the embedded tiny model are refused, not silently hashed (a dumped recipe writes
+        every default: compare values)."""
+        if self.path is None and self.dtype != "float32":
+            raise ValueError(f"dtype: {self.dtype} has no effect on the embedded tiny model (built in float32; "
+                             "learner.precision sets the training precision); it applies to model.path: remove it")
+        if self.path is None and self.tokenizer is not None:
+            raise ValueError("tokenizer: has no effect on the embedded tiny model (bootstrap trains its own "
+                             "tokenizer); it applies to model.path: remove it")
+        return self
+
 
 # -------------------------------------------------------------------------------------------------------- tasks
 TaskFormat = Literal["auto", "generated", "messages", "prompt_completion", "prompt_only"]
@@ -186,14 +198,19 @@ class HeldOut(Strict):
     ci_resamples: int
     engine: EngineConfig
     workers: int = operational(1)           # verifier processes
+    # engine vllm: the fleet's settings that shape samples; in each row's spec (cell_key), and in the eval stage's
+    # hash as the fleet of a stage that samples with it (pipeline.graph): left out of the dump, so that a recipe
+    # without a fleet keeps its hashes
+    fleet: dict | None = operational(None)
 
     def cell_key(self, domain: str, mode: str) -> str:
         """Hash of everything a row of (domain, mode) depends on besides the model."""
-        return digest({"seed": self.seed, "samples": self.samples, "greedy": self.greedy, "pass_k": self.pass_k,
-                       "sampling": identity(self.sampling), "max_tokens": self.max_tokens[mode],
-                       "task": identity(self.tasks[domain]),
-                       "suites": {n: identity(o) for n, o in self.suites.for_domain(domain).items()},
-                       "ci": self.ci_resamples, "engine": identity(self.engine), "domain": domain, "mode": mode})
+        key = {"seed": self.seed, "samples": self.samples, "greedy": self.greedy, "pass_k": self.pass_k,
+               "sampling": identity(self.sampling), "max_tokens": self.max_tokens[mode],
+               "task": identity(self.tasks[domain]),
+               "suites": {n: identity(o) for n, o in self.suites.for_domain(domain).items()},
+               "ci": self.ci_resamples, "engine": identity(self.engine), "domain": domain, "mode": mode}
+        return digest({**key, "fleet": self.fleet} if self.fleet is not None else key)
 
 
 def mode_budgets(recipe) -> dict[str, int]:
@@ -233,7 +250,8 @@ def held_out(recipe, workers: int = 1) -> HeldOut:
                                                          "n_train": 1}) for d in recipe.domains}
     return HeldOut(seed=recipe.seed, samples=cfg.samples, greedy=cfg.greedy, pass_k=cfg.pass_k,
                    sampling=cfg.sampling, max_tokens=mode_budgets(recipe), tasks=tasks,
-                   suites=resolved_suites(recipe), ci_resamples=cfg.ci_resamples, engine=cfg.engine, workers=workers)
+                   suites=resolved_suites(recipe), ci_resamples=cfg.ci_resamples, engine=cfg.engine, workers=workers,
+                   fleet=recipe.fleet.rollout_identity() if cfg.engine.kind == "vllm" and recipe.fleet else None)
 
 
 # ---------------------------------------------------------------------------------------------------- bootstrap
