@@ -4,10 +4,11 @@ It is the body of ``pipeline validate`` and the first thing ``pipeline run`` doe
 touches the run directory. Parts, each timed and printed by ``validate``:
 
 * ``recipe``   -- schema, ``--set``, the stage graph and every stage kind's own checks;
-* ``model``    -- ``model.path``: safetensors headers parse and agree with ``config.json``, a GGUF header parses,
-                  the tokenizer loads (``pipeline.preflight_model``);
+* ``model``    -- ``model.path`` / ``model.tokenizer``: a GGUF header parses, the tokenizer loads
+                  (``pipeline.preflight_model``);
 * ``checks``   -- ``pipeline.recipe.cross_check``: files exist, vocabularies match, references, resources against
                   this machine's CPUs and GPUs (devices for ``num_gpus``);
+* ``weights``  -- safetensors headers parse and agree with ``config.json`` (no weights read);
 * ``rows``     -- every task source's rows for every split the selected stages read, with the stages' own row
                   checks (``pipeline.preflight_rows``), cached in the run directory by file content;
 * ``sandbox``  -- the code sandbox starts once when a selected stage scores code;
@@ -47,7 +48,14 @@ class Report:
         dt = time.perf_counter() - t0
         self.parts.append((name, dt, what))
         if self.echo:
-            self.echo(f"  {name:9s} {dt:6.2f} s  {what}")
+            self.echo(self.line(name, dt, what))
+
+    @staticmethod
+    def line(name: str, dt: float, what: str) -> str:
+        return f"  {name:9s} {dt:6.2f} s  {what}"
+
+    def lines(self) -> list[str]:
+        return [self.line(*p) for p in self.parts]
 
         self.total = 0.0
 
@@ -73,7 +81,7 @@ def selected(graph, only=(), from_=None) -> list:
 def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None, address: str | None = None,
               only=(), from_=None, echo=None, write_cache: bool = False):
     """Run every check; returns ``(recipe, graph, report)`` or raises ``RecipeError`` (one line)."""
-    from .preflight_model import check_model
+    from .preflight_model import check_files, check_model
 
     rep = Report(echo)
     t = time.perf_counter()
@@ -81,13 +89,16 @@ def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None,
     rep.part("recipe", t, f"schema and stage graph: {len(graph)} stages")
     src = str(recipe_path)
 
-    t = time.perf_counter()
-    try:
-        notes = check_model(recipe.model)
-    except RecipeError as e:
-        raise RecipeError(f"{src}: {e}") from None
-    rep.part("model", t, "; ".join(notes))
+    def model_part(name, check, *args):
+        t = time.perf_counter()
+        try:
+            notes = check(*args)
+        except RecipeError as e:
+            raise RecipeError(f"{src}: {e}") from None
+        rep.part(name, t, "; ".join(notes) or "-")
 
+    # GGUF headers and the tokenizer before the vocabulary check reads them; the weights once the files are known
+    model_part("model", check_files, recipe.model)
     t = time.perf_counter()
     cluster = {} if address else None          # joining a cluster: its resources are checked when it is joined
     cross_check(recipe, src, cluster=cluster, graph=graph)
@@ -96,6 +107,7 @@ def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None,
     here = local_cluster(recipe) if not address else None
     rep.part("checks", t, "files, vocabularies, references, resources" +
              (f" (this machine: {here['CPU']} CPUs, {here['GPU']} GPUs)" if here else " (cluster: checked on join)"))
+    model_part("weights", check_model, recipe.model)
 
     sel = selected(graph, only, from_)
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.name
@@ -290,8 +302,12 @@ def _find(cfg, name: str):
 def _check_run_dir(recipe, sel, run_dir: Path, src: str) -> str:
     p = run_dir.expanduser().absolute()
     anc = p
-    while not anc.exists():
-        anc = anc.parent
+    try:
+        while not anc.exists():
+            anc = anc.parent
+    except OSError as e:            # e.g. a name longer than the file system allows
+        shown = str(run_dir) if len(str(run_dir)) <= 200 else str(run_dir)[:200] + "..."
+        raise RecipeError(f"{src}: run directory {shown}: {e.strerror or e}") from None
     if not anc.is_dir():
         raise RecipeError(f"{src}: run directory {run_dir}: {anc} is a file, not a folder")
     if not os.access(anc, os.W_OK | os.X_OK):

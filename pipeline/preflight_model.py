@@ -140,8 +140,24 @@ def check_shapes(tensors: dict, config: dict, key: str, where: str) -> None:
                           f"num_hidden_layers {L}")
 
 
+def check_files(model) -> list[str]:
+    """Before the recipe's file checks read them: GGUF headers (``model.path``, ``model.tokenizer``) and the
+    tokenizer loads. Returns what was checked, one phrase each."""
+    if not model.path:
+        return ["embedded tiny model and tokenizer (bootstrap builds them)"]
+    notes = []
+    for key, given in (("model.path", model.path), ("model.tokenizer", model.tokenizer)):
+        p = Path(_resolve(given, key)) if given else None
+        if p is not None and p.is_file() and str(p).lower().endswith(".gguf"):
+            h = gguf_header(p, key)
+            notes.append(f"{key}: GGUF v{h['version']} header, {h['tensors']} tensors, {h['metadata']} metadata "
+                         "entries")
+    return notes + check_tokenizer(model.tokenizer or model.path)
+
+
 def check_model(model) -> list[str]:
-    """Check ``model`` (the recipe's ModelConfig); returns what was checked, one phrase each."""
+    """After the recipe's file checks: the weights' safetensors headers against ``config.json``. Returns what was
+    checked, one phrase each."""
     if not model.path:
         return ["embedded tiny model (bootstrap builds it)"]
     notes = []
@@ -149,11 +165,8 @@ def check_model(model) -> list[str]:
     p = Path(path)
     if not _is_local(path):
         notes.append(f"{path}: a hub id, not checked offline")
-    elif not p.exists():
-        return notes           # cross_check names the missing path
-    elif p.is_file() and str(p).lower().endswith(".gguf"):
-        h = gguf_header(p, "model.path")
-        notes.append(f"GGUF v{h['version']} header: {h['tensors']} tensors, {h['metadata']} metadata entries")
+    elif p.is_file():
+        notes.append("a single file (GGUF: header checked above)")
     elif p.is_dir() and (p / "config.json").exists():
         config = _config(p, "model.path")
         files = _weights(p, "model.path")
@@ -169,11 +182,12 @@ def check_model(model) -> list[str]:
                          f"shapes agree with config.json")
         else:
             notes.append("weights not in safetensors: headers not checked")
-    notes += check_tokenizer(model.tokenizer or model.path)
-    return notes
+    return notes + check_tokenizer(model.tokenizer or model.path, load=True)
 
 
-def check_tokenizer(tok_path: str) -> list[str]:
+def check_tokenizer(tok_path: str, load: bool = False) -> list[str]:
+    """The tokenizer at ``tok_path``: its files are there and parse, whether it has a chat template (noted); with
+    ``load``, it loads (``tokenizers``; a folder without ``tokenizer.json`` with transformers)."""
     key = "model.tokenizer"
     path = _resolve(tok_path, key)
     p = Path(path)
@@ -181,24 +195,18 @@ def check_tokenizer(tok_path: str) -> list[str]:
         return []
     if p.is_file():
         if str(p).lower().endswith(".gguf"):
-            gguf_header(p, key)
-            return ["tokenizer from the GGUF metadata"]
+            return [] if load else ["tokenizer from the GGUF metadata"]
         raise RecipeError(f"{key}: {path}: expected a tokenizer folder")
-    notes = []
-    if (p / "tokenizer.json").exists():
+    fast = p / "tokenizer.json"
+    if load and fast.exists():
         from tokenizers import Tokenizer
 
         try:
-            json.loads((p / "tokenizer.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-            raise RecipeError(f"{key}: {p / 'tokenizer.json'}: not valid JSON ({getattr(e, 'msg', e)}{where})") from None
-        try:
-            tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+            tok = Tokenizer.from_file(str(fast))
         except Exception as e:  # noqa: BLE001 — whatever the Rust parser says, in one line
-            raise RecipeError(f"{key}: {p / 'tokenizer.json'}: cannot load ({str(e).splitlines()[0][:160]})") from None
-        notes.append(f"tokenizer loads ({tok.get_vocab_size(with_added_tokens=True)} tokens)")
-    elif (p / "tokenizer.model").exists() or (p / "vocab.json").exists():
+            raise RecipeError(f"{key}: {fast}: cannot load ({str(e).splitlines()[0][:160]})") from None
+        return [f"tokenizer loads ({tok.get_vocab_size(with_added_tokens=True)} tokens)"]
+    if load:
         try:
             from transformers import AutoTokenizer
 
@@ -206,8 +214,14 @@ def check_tokenizer(tok_path: str) -> list[str]:
         except Exception as e:  # noqa: BLE001
             raise RecipeError(f"{key}: {path}: cannot load the tokenizer ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
-        notes.append(f"tokenizer loads ({len(tok)} tokens)")
-    else:
+        return [f"tokenizer loads ({len(tok)} tokens)"]
+    if fast.exists():
+        try:
+            json.loads(fast.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise RecipeError(f"{key}: {fast}: not valid JSON ({getattr(e, 'msg', e)}{where})") from None
+    elif not ((p / "tokenizer.model").exists() or (p / "vocab.json").exists()):
         raise RecipeError(f"{key}: {path}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
     cfg = p / "tokenizer_config.json"
     try:
@@ -215,5 +229,5 @@ def check_tokenizer(tok_path: str) -> list[str]:
     except (ValueError, AttributeError):
         raise RecipeError(f"{key}: {cfg}: not valid JSON") from None
     if not has_template and not (p / "chat_template.jinja").exists():
-        notes.append("no chat template: none needed, bootstrap installs the pipeline's three-mode template")
-    return notes
+        return ["no chat template: none needed, bootstrap installs the pipeline's three-mode template"]
+    return []

@@ -1,6 +1,5 @@
 """The preflight (pipeline/preflight.py): one bad input per row, each refused with exit 2 and the same one line by
 `pipeline validate` and `pipeline run`, and `run` leaves an existing finished run directory exactly as it was."""
-import json
 import shutil
 import struct
 import subprocess
@@ -50,9 +49,7 @@ def prompt_field_mapped_to_absent_column(t, mp):
 
 @case
 def safetensors_of_random_bytes(t, mp):
-    d = t / "model"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"vocab_size": 400, "hidden_size": 64}))
+    d = model_dir(t)                                       # config.json, a tokenizer; and the weights:
     raw = bytes((i * 37 + 11) % 256 for i in range(4096))
     (d / "model.safetensors").write_bytes(raw)
     n = struct.unpack("<Q", raw[:8])[0]

@@ -18,7 +18,7 @@ def test_a_tokenizer_without_a_chat_template_is_noted_not_refused(tmp_path, monk
     assert rc == 0, out
     assert "3 safetensors" not in out and "shapes agree with config.json" in out
     assert "no chat template: none needed, bootstrap installs the pipeline's three-mode template" in out
-    for part in ("recipe", "model", "checks", "rows", "sandbox", "engine", "packages", "run dir"):
+    for part in ("recipe", "model", "checks", "weights", "rows", "sandbox", "engine", "packages", "run dir"):
         assert f"  {part} " in out, part
 
 
