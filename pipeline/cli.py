@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
             recipe, graph, rep = preflight(args.recipe, args.overrides, run_dir=args.run_dir,
                                            address=getattr(args, "address", None), only=getattr(args, "only", ()),
-                                           from_=getattr(args, "from_", None), write_cache=args.cmd == "run",
-                                           echo=lambda m: print(m, flush=True))
+                                           from_=getattr(args, "from_", None), write_cache=args.cmd == "run")
+            print("\n".join(rep.lines()), flush=True)    # what was checked, after it all passed: a refusal is one line
             print(f"{args.recipe}: ok ({len(graph)} stages) -- preflight {rep.total:.2f} s", flush=True)
         else:   # planning for a cluster: resources are checked against it, not this machine
             recipe, graph = load_with_graph(args.recipe, args.overrides, check=args.cmd != "plan")
