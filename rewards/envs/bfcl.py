@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.chat import ToolCall
+from core.model_source import package_dir as installed_package_dir
 
 from ..verdict import Verdict
 from .base import Trace, register_env
@@ -125,13 +126,10 @@ class BfclMissing(ImportError):
 
 def package_dir() -> Path:
     """The installed ``bfcl_eval`` package folder (its data files and checker live under it)."""
-    try:
-        spec = importlib.util.find_spec("bfcl_eval")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
+    root = installed_package_dir("bfcl_eval")
+    if root is None:
         raise BfclMissing(f"the {BFCL_PACKAGE} package is not installed ({INSTALL_HINT}; the Makefile does)")
-    return Path(spec.origin).parent
+    return root
 
 
 class _ModelConfigs(dict):

