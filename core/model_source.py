@@ -12,7 +12,7 @@
 
 :func:`resolve` turns the recipe's string into a local path (or leaves a hub id alone); the stage identity hashes
 the resolved file's content, so the same package version gives the same ``bootstrap`` hash on every machine.
-Standard library only (``gguf_config`` imports transformers lazily).
+Standard library only.
 """
 from __future__ import annotations
 
@@ -75,10 +75,3 @@ def gguf_header_ok(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(8)
     return len(head) == 8 and head[:4] == b"GGUF" and int.from_bytes(head[4:], "little") in (1, 2, 3)
-
-
-def gguf_config(path: str) -> dict:
-    """The transformers config dict of a GGUF file (its metadata only; no tensors are read)."""
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    return dict(load_gguf_checkpoint(path, return_tensors=False)["config"])

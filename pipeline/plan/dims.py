@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.model_source import ModelSourceError, gguf_config, is_gguf, is_package_path, resolve
+from core.model_source import ModelSourceError, is_gguf, is_package_path, resolve
 
 from ..recipe import Recipe, RecipeError, _is_local
 
@@ -91,6 +91,13 @@ def dims_from_size(s, source: str) -> Dims:
     fp4 = max(0.0, p - emb - attn) if a < p else max(0.0, p - emb - attn)
     return Dims(params=p, active=a, hidden=H, layers=L, vocab=V, kv_bytes_per_token=kv, fp4_params=fp4,
                 adam_params=emb + 2 * H * L, max_context=s.max_context, source=source)
+
+
+def gguf_config(path: str) -> dict:
+    """The transformers config dict of a GGUF file (its metadata only; no tensors are read)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    return dict(load_gguf_checkpoint(path, return_tensors=False)["config"])
 
 
 def model_dims(recipe: Recipe, path: str | None = None, what: str = "model") -> Dims:
