@@ -181,6 +181,12 @@ def _check_rows(recipe, sel, src: str, cache: dict) -> dict:
             n = check_read(read, recipe.seed)
         except ValueError as e:
             raise RecipeError(f"{src}: {e}") from None
+        except Exception as e:  # noqa: BLE001 — a loader that breaks is one line too, not a traceback
+            from rewards.tasks.rows import source_label
+
+            msg = str(e).splitlines()[0][:200] if str(e) else ""
+            raise RecipeError(f"{src}: tasks.{read.domain}: {source_label(read.source)}: cannot read its "
+                              f"{read.split} rows: {type(e).__name__}: {msg}") from None
         done.append(n)
         if key:
             fresh[key] = {"rows": n, "domain": read.domain, "split": read.split}
@@ -265,11 +271,16 @@ def _check_packages(recipe, sel) -> str:
     return ("present: " + ", ".join(found)) if found else "none needed"
 
 
-def estimate_bytes(recipe, sel) -> tuple[float, int]:
-    """(bytes, models): each model-producing stage's final/ plus its kept checkpoints (weights + optimizer
-    moments, fp32); the model's size from ``pipeline.plan.dims``."""
+def estimate_bytes(recipe, sel, run_dir: Path | None = None) -> tuple[float, int]:
+    """(bytes, models): each model-producing stage that is not already complete with this config in ``run_dir``
+    (its outputs are on the disk already): its final/ plus the checkpoints it keeps (weights + optimizer moments,
+    fp32; saved every ``save_every`` steps and at the end, the newest ``keep_checkpoints`` kept); the model's size
+    from ``pipeline.plan.dims``."""
+    import math
+
     from core.registry import STAGE_KINDS
 
+    from .graph import config_hash
     from .plan.dims import model_dims
 
     try:
@@ -279,12 +290,21 @@ def estimate_bytes(recipe, sel) -> tuple[float, int]:
     weights = params * (2 if recipe.model.dtype == "bfloat16" else 4)
     total, models = 0.0, 0
     for s in sel:
-        if not STAGE_KINDS[s.kind].produces_model:
+        if not STAGE_KINDS[s.kind].produces_model or _complete(run_dir, s, config_hash):
             continue
         models += 1
-        keep = _find(s.config, "keep_checkpoints") if s.kind != "bootstrap" else 0
-        total += weights + (keep or 0) * params * 4 * 3
+        keep, steps, every = (_find(s.config, k) for k in ("keep_checkpoints", "steps", "save_every"))
+        saves = math.ceil(steps / every) if steps and every else (keep or 0)
+        total += weights + min(keep or 0, saves) * params * 4 * 3
     return total, models
+
+
+def _complete(run_dir: Path | None, spec, config_hash) -> bool:
+    try:
+        m = json.loads((run_dir / spec.id / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return isinstance(m, dict) and m.get("status") == "complete" and m.get("config_hash") == config_hash(spec)
 
 
 def _find(cfg, name: str):
@@ -297,6 +317,10 @@ def _find(cfg, name: str):
             if got is not None:
                 return got
     return None
+
+
+def _size(b: float) -> str:
+    return f"{b / GB:.2f} GiB" if b >= GB else f"{b / (1 << 20):.1f} MiB"
 
 
 def _check_run_dir(recipe, sel, run_dir: Path, src: str) -> str:
@@ -312,11 +336,12 @@ def _check_run_dir(recipe, sel, run_dir: Path, src: str) -> str:
         raise RecipeError(f"{src}: run directory {run_dir}: {anc} is a file, not a folder")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise RecipeError(f"{src}: run directory {run_dir}: {anc} is not writable")
-    need, models = estimate_bytes(recipe, sel)
+    need, models = estimate_bytes(recipe, sel, p)
     free = shutil.disk_usage(anc).free
     if need > free:
-        raise RecipeError(f"{src}: run directory {run_dir}: {free / GB:.2f} GiB free, the run's outputs need about "
-                          f"{need / GB:.2f} GiB ({models} models with their checkpoints)")
+        raise RecipeError(f"{src}: run directory {run_dir}: {_size(free)} free, the run's outputs need about "
+                          f"{_size(need)} ({models} models to build, with their checkpoints: run a part with "
+                          "--only, keep fewer checkpoints, or free space)")
     state = "exists" if p.exists() else "will be created"
-    return (f"{run_dir} {state}, writable; outputs about {need / GB:.2f} GiB ({models} models with their "
-            f"checkpoints), {free / GB:.0f} GiB free")
+    return (f"{run_dir} {state}, writable; outputs about {_size(need)} ({models} models to build, with their "
+            f"checkpoints), {_size(free)} free")

@@ -9,7 +9,8 @@ one. Stages that train SFT on the rows (``SFT_KINDS``) also turn each row into i
 
 How rows are read: one local JSON Lines file (``source: json``) is streamed line by line here and every row goes
 through ``rewards.tasks.rows.read_row`` (the loader's own checks); any other source goes through the loader itself
-(``rewards.tasks.load_tasks``); the generator and hub datasets are not read (the generator's parameters are checked
+(``rewards.tasks.load_tasks``: packaged sources such as BFCL or reasoning-gym, other loaders, local folders); the
+generator and hub datasets are not read (the generator's parameters are checked
 by the schema; a hub dataset needs the network). Errors are docs/data.md's one line: ``tasks.<domain>: <source>
 row <i>: <field>: <problem>``.
 """
@@ -81,11 +82,12 @@ def reads(graph) -> list[Read]:
 
 def kind_of(read: Read) -> str:
     """How ``read`` is checked: ``generated``, ``stream`` (one local JSON Lines file), ``loader`` (the project's
-    loader: a packaged loader with local files, a local folder, BFCL) or ``skip`` (a hub dataset, an unknown kind)."""
+    loader: a datasets loader with local files, a local folder, a packaged source) or ``skip`` (a hub dataset, an
+    unknown kind)."""
     s, files = read.source.get("source", "generated"), read.source.get("data_files")
     if s == "generated":
         return "generated"
-    if s == "bfcl":
+    if s in _packaged():
         return "loader"
     local = bool(files) and "://" not in str(files) and not any(ch in str(files) for ch in "*?[")
     if s == "json" and local and _SLICE.match(read.split_spec) and _json_lines(Path(files).expanduser()):
@@ -93,6 +95,15 @@ def kind_of(read: Read) -> str:
     if (s in LOADERS and files) or Path(s).expanduser().exists():
         return "loader"
     return "skip"
+
+
+def _packaged() -> set:
+    """Sources read from installed packages by the project's loader (``train.suites.PACKAGED_SOURCES``)."""
+    try:
+        from train.suites import PACKAGED_SOURCES
+    except ImportError:
+        return {"bfcl"}
+    return set(PACKAGED_SOURCES)
 
 
 def _json_lines(path: Path) -> bool:

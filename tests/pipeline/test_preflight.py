@@ -215,8 +215,9 @@ def a_disk_too_small_for_the_outputs(t, mp):
 
     usage = collections.namedtuple("usage", "total used free")
     mp.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 1000, 1000))
-    return (recipe(t), None, "run directory {run}: 0.00 GiB free, the run's outputs need about 0.01 GiB (3 models "
-                             "with their checkpoints)")
+    return (recipe(t), None, "run directory {run}: 0.0 MiB free, the run's outputs need about 4.3 MiB (3 models "
+                             "to build, with their checkpoints: run a part with --only, keep fewer checkpoints, or "
+                             "free space)")
 
 
 @case

@@ -68,3 +68,27 @@ def test_a_large_file_is_checked_in_parallel_with_the_same_answers(tmp_path):
     assert run("train", 3) == f"tasks.math: json:{f} row 40: answer: missing"
     assert run("train[41:]", 3) == f"tasks.math: json:{f} row 250: answer: expected a string or a number, got list"
     assert run("train[41:250]", 3) == 209 and run("train[-10:]", 3, 5) == 5 and run("train[45:]", 2, 100) == 100
+
+
+def test_the_disk_estimate_leaves_out_what_is_built_already(tmp_path):
+    """A stage complete with this config has its outputs on the disk already: it is not counted again."""
+    import json
+
+    from pipeline.graph import config_hash
+    from pipeline.preflight import estimate_bytes
+    from pipeline.recipe import load_with_graph
+
+    rf = tmp_path / "r.yaml"
+    rf.write_text(yaml.safe_dump(recipe(tmp_path)))
+    rec, graph = load_with_graph(rf, check=False)
+    run = tmp_path / "run"
+    need, models = estimate_bytes(rec, graph, run)
+    assert models == 3 and need > 0                  # bootstrap, sft.math, grpo.math.non_think
+    sft = next(s for s in graph if s.id == "sft.math")
+    (run / "sft.math").mkdir(parents=True)
+    (run / "sft.math" / "manifest.json").write_text(json.dumps({"status": "complete", "config_hash": "other"}))
+    assert estimate_bytes(rec, graph, run) == (need, 3)                 # another config: built again
+    (run / "sft.math" / "manifest.json").write_text(json.dumps({"status": "complete",
+                                                                "config_hash": config_hash(sft)}))
+    less, n = estimate_bytes(rec, graph, run)
+    assert n == 2 and 0 < less < need
