@@ -5,6 +5,7 @@
     pipeline plan RECIPE [--cluster "nodes=2,gpus=8,gpu_mem_gb=141,cpus=96,ram_gb=1024"] [--set ...]
     pipeline stages RECIPE [--run-dir DIR]
     pipeline status RUN_DIR [--json]
+    pipeline gc RUN_DIR [--keep BYTES]
     pipeline reward DOMAIN --input IN.jsonl [--output OUT.jsonl] [--workers N] [--mode MODE]
     pipeline eval (RUN_DIR | CHECKPOINT) [--recipe R] [--out DIR] [--workers N]
     pipeline report RUN_DIR [--out DIR]
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
+    gc = sub.add_parser("gc", help="prune a run directory: the run cache to its budget, attempts no recipe resumes")
+    gc.add_argument("run_dir")
+    gc.add_argument("--keep", metavar="BYTES", help="cache budget for this pruning, e.g. 0 or 20GB (default: the "
+                                                    "recipe's keep_outputs)")
+
     rw = sub.add_parser("reward", help="score completions from a JSONL file", add_help=True)
     rw.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "status":
             return _status(args)
+        if args.cmd == "gc":
+            return _gc(args)
         if args.cmd in ("eval", "report", "export"):
             return _tools(args)
         if args.cmd in ("validate", "run"):     # the preflight: before any stage, engine or lock changes anything
@@ -218,7 +226,7 @@ def _status(args) -> int:
 
     rows = status_rows(Path(args.run_dir))
     if args.json:
-        keys = ("id", "kind", "status", "started", "finished", "metrics", "error", "warnings")
+        keys = ("id", "kind", "status", "started", "finished", "metrics", "error", "warnings", "attempt")
         print(json.dumps({"stages": [{k: r[k] for k in keys} for r in rows]}, indent=2, default=str))
         return 0
     print(f"{'stage':28s} {'status':9s} {'started':25s} {'finished':25s} metrics")
@@ -228,6 +236,19 @@ def _status(args) -> int:
               f"{m}{'  error: ' + r['error'] if r.get('error') else ''}")
         for w in r.get("warnings") or []:      # e.g. a corrupt checkpoint skipped on resume
             print(f"{'':28s} warning: {w}")
+    return 0
+
+
+def _gc(args) -> int:
+    from .recipe import RecipeError
+    from .runcache import parse_bytes
+    from .runstatus import gc
+
+    try:
+        keep = parse_bytes(args.keep)
+    except ValueError as e:
+        raise RecipeError(f"--keep: {e}") from None
+    gc(Path(args.run_dir), keep, echo=lambda m: print(m, flush=True))
     return 0
 
 

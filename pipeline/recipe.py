@@ -59,6 +59,14 @@ class Recipe(Strict):
     fleet: FleetConfig | None = None
     logging: LoggingConfig = operational(LoggingConfig())
     sandbox: SandboxConfig = operational(SandboxConfig())  # the code sandbox's isolation (docs/rewards.md)
+    keep_outputs: int | None = operational(Field(None, ge=0))  # run cache budget in bytes (or "20GB"); null: no limit
+
+    @field_validator("keep_outputs", mode="before")
+    @classmethod
+    def _bytes(cls, v):
+        from .runcache import parse_bytes
+
+        return parse_bytes(v)
 
     @field_validator("domains", "modes")
     @classmethod

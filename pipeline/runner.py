@@ -1,7 +1,9 @@
 """Runs a recipe's stage graph on Ray, one Ray task per stage, resuming whatever is on disk.
 
-A stage is skipped when its manifest says complete with the same config hash and input fingerprint; re-run (from
-scratch) when either changed or when forced; resumed from its last checkpoint when it was interrupted. Each stage
+A stage is skipped when its manifest says complete with the same config hash and input fingerprint; restored from
+the run cache when an earlier output of that identity is kept there; re-run when either changed or when forced --
+beside a finished output, in ``<stage>.attempt/``, which replaces it only when it completes (pipeline.runcache) --
+and resumed from its last checkpoint when it was interrupted. Each stage
 runs in a Ray worker with the CPUs/GPUs it declares, so independent stages run concurrently as resources allow. A
 failing stage stops its dependants and lets unrelated stages finish.
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 import traceback
@@ -20,11 +21,13 @@ import yaml
 from core.config import digest
 from core.errors import error_line
 from core.registry import STAGE_KINDS
-from core.rundir import Manifest, RunDirError, RunLock, atomic_write_text, now
+from core.rundir import Manifest, RunLock, atomic_write_text, now
 
 from .cluster import check_shared_storage
 from .graph import StageSpec, ancestors, build_graph, config_hash, content_hash, dependants, fingerprints
 from .recipe import Recipe, RecipeError, cross_check
+from .runcache import RunCache, prepare, promote, settle
+from .runstatus import status_rows  # noqa: F401  (pipeline status; imported from here by the CLI and the report)
 from .schedule import fits, priorities
 
 
@@ -86,7 +89,7 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
     except ImportError:
         pass
     kind = STAGE_KINDS[spec.kind]
-    stage_dir = Path(run_dir) / spec.id
+    stage_dir = Path(run_dir) / run.get("dirs", {}).get(spec.id, spec.id)   # or its attempt (pipeline.runcache)
     heldout = getattr(spec.config, "heldout", None)
     evaluator = None
     if heldout is not None:
@@ -120,7 +123,8 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
         raise  # leave the manifest to whoever owns the run directory now
     except BaseException as e:
         ctx.log.error("".join(traceback.format_exception(e)))
-        ctx.manifest.update(status="failed", error=error_line(e),
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))     # Ctrl-C: the stage resumes on the next run
+        ctx.manifest.update(status="failed", error=f"interrupted ({error_line(e)})" if stopped else error_line(e),
                             finished=now())
         raise
     finally:
@@ -179,6 +183,8 @@ class Runner:
         with RunLock(self.run_dir):
             atomic_write_text(self.run_dir / "recipe.yaml",
                               yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+            # the config hashes it asks for, as this process computed them (`pipeline status` compares with them)
+            atomic_write_text(self.run_dir / "hashes.json", json.dumps(self.hashes, indent=1, sort_keys=True) + "\n")
             address = address or self.recipe.ray.address
             init = dict(include_dashboard=False, logging_level="warning", log_to_driver=True)
             if address:
@@ -202,6 +208,8 @@ class Runner:
         self.priority = priorities(self.graph)
         run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging,
                     "sandbox": self.recipe.sandbox.isolation}
+        cache = RunCache(self.run_dir, self.recipe.keep_outputs, self.echo)
+        run_info["dirs"] = self.dirs = {}  # stage -> the folder it runs in: <stage> or <stage>.attempt
         needed = ancestors(self.graph, selected)
         done: dict[str, str] = {}          # id -> complete | failed | skipped
         running: dict = {}                 # ObjectRef -> (spec, t0)
@@ -215,10 +223,11 @@ class Runner:
                     continue
                 if any(done.get(d) in ("failed", "skipped") for d in spec.deps):
                     done[spec.id] = "skipped"
-                    if spec.id in selected:
+                    kept = stage_status(self.run_dir, spec.id).get("status") == "complete"
+                    if spec.id in selected and not kept:    # a finished output is never written over
                         Manifest(self.run_dir / spec.id).update(id=spec.id, kind=spec.kind, status="skipped",
                                                                 error="a dependency failed")
-                    self.echo(f"[skip] {spec.id}: a dependency failed")
+                    self.echo(f"[skip] {spec.id}: a dependency failed" + ("; its previous output is kept" * kept))
                     continue
                 if not all(done.get(d) == "complete" for d in spec.deps):
                     continue
@@ -231,6 +240,12 @@ class Runner:
                     done[spec.id] = "complete"
                     if spec.id in selected:
                         self.echo(f"[done] {spec.id}: up to date, skipped")
+                    continue
+                got = settle(self.run_dir, spec.id, (self.hashes[spec.id], fps[spec.id]), fresh, cache)
+                if got:
+                    done[spec.id] = "complete"
+                    self.echo(f"[done] {spec.id}: {got}")
+                    fps = fingerprints(self.graph, self._outputs(), self.hashes)   # its dependants see its output
                     continue
                 ready_specs.append((spec, fresh))
             # highest priority first (pipeline.schedule: the longest chain of work to the end), each only when its
@@ -263,6 +278,8 @@ class Runner:
             ray.util.remove_placement_group(groups.pop(ready[0]))
             try:
                 summary = ray.get(ready[0])
+                if self.dirs[spec.id] != spec.id:
+                    promote(self.run_dir, spec.id, cache)      # the finished output is replaced only now
                 done[spec.id] = "complete"
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, (int, float)))[:300]
                 ran = stage_status(self.run_dir, spec.id).get("wall_s", time.time() - t0)
@@ -271,8 +288,10 @@ class Runner:
                     self.echo(f"[warn] {spec.id}: {w}")
             except Exception as e:  # RayTaskError wraps the stage's exception
                 done[spec.id] = "failed"
-                err = stage_status(self.run_dir, spec.id).get("error") or str(e).splitlines()[-1]
-                self.echo(f"[FAIL] {spec.id}: {err} (log: {self.run_dir / spec.id / 'log.txt'})")
+                d = self.run_dir / self.dirs[spec.id]
+                err = Manifest(d).read().get("error") or str(e).splitlines()[-1]
+                kept = "; the previous output is kept" if d != self.run_dir / spec.id else ""
+                self.echo(f"[FAIL] {spec.id}: {err} (log: {d / 'log.txt'}){kept}")
         if run_info.get("fleet") is not None:
             self._record_fleet(run_info["fleet"], ray)
         failed = [i for i, s in done.items() if s in ("failed", "skipped") and i in selected]
@@ -352,35 +371,7 @@ class Runner:
                       f"{stats['replacements']} replacement(s), {stats['leases']} lease(s); served {stats['served']}")
 
     def _prepare_dir(self, spec: StageSpec, fp: str, fresh: bool) -> None:
-        """Keep an interrupted stage's folder (it resumes); clear one whose config or inputs changed."""
-        d = self.run_dir / spec.id
-        m = stage_status(self.run_dir, spec.id)
-        # (a stage that never started -- skipped because a dependency failed -- has no hashes: nothing to clear)
-        stale = bool(m.get("config_hash")) and (m.get("config_hash") != self.hashes[spec.id]
-                                                or m.get("inputs_hash") != fp or m.get("status") == "complete")
-        if d.exists() and (fresh or stale):
-            trash = d.with_name(f".{spec.id}.stale-{time.time_ns()}")
-            os.replace(d, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-            self.echo(f"[reset] {spec.id}: {'forced' if fresh else 'config or inputs changed'}; starting fresh")
-
-
-def status_rows(run_dir: Path) -> list[dict]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    order: list[str] = []
-    rec = run_dir / "recipe.yaml"
-    if rec.exists():
-        try:
-            order = [s.id for s in build_graph(Recipe.model_validate(yaml.safe_load(rec.read_text())), check=False)]
-        except Exception:
-            order = []
-    found = sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
-    rows = []
-    for sid in order + [f for f in found if f not in order]:
-        m = stage_status(run_dir, sid)
-        rows.append({"id": sid, "kind": m.get("kind", sid.split(".")[0]), "status": m.get("status", "pending"),
-                     "started": m.get("started"), "finished": m.get("finished"), "metrics": m.get("metrics", {}),
-                     "error": m.get("error"), "warnings": list(m.get("warnings") or [])})
-    return rows
+        """Where the stage runs (pipeline.runcache.prepare; the worker gets it in ``run["dirs"]``): beside a
+        finished output in ``<stage>.attempt/``; else in ``<stage>/``, kept when interrupted (it resumes), cleared
+        when its config or inputs changed."""
+        self.dirs[spec.id] = prepare(self.run_dir, spec.id, (self.hashes[spec.id], fp), fresh, self.echo)

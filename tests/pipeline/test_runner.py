@@ -48,21 +48,25 @@ def test_run_skip_rerun_and_failure(tmp_path):
     assert r.returncode == 0 and r.stdout.count("up to date") == 3, r.stdout[-2000:]
     assert _status(run_dir)["sft.math"]["finished"] == st["sft.math"]["finished"]
 
-    # a config change re-runs that stage only; a failing stage leaves unrelated ones complete, exit 1
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("this is not json\n")
+    # a config change re-runs that stage only (beside its output, which the attempt replaces when it completes); a
+    # failing stage leaves unrelated ones complete and its own previous output in place, stale, exit 1
+    # (sft.code fails mid-way, writing its 2nd checkpoint: an injected ENOSPC, which no preflight can foresee)
     r = run_cli("run", recipe, "--run-dir", run_dir, "--set", "sft.per_domain.math.steps=4",
-                "--set", "tasks.code.source=json", "--set", f"tasks.code.data_files={bad}")
+                "--set", "sft.per_domain.code.steps=8",
+                env={**os.environ, "PIPELINE_FAULT": "sft.code.attempt/ckpt/.step_000004.tmp/checksums.json"})
     assert r.returncode == 1, r.stdout[-2000:]
     st2 = _status(run_dir)
     assert st2["bootstrap"]["finished"] == st["bootstrap"]["finished"]
     assert st2["sft.math"]["status"] == "complete" and st2["sft.math"]["finished"] != st["sft.math"]["finished"]
-    assert st2["sft.code"]["status"] == "failed"
+    assert st2["sft.code"]["status"] == "stale" and st2["sft.code"]["finished"] == st["sft.code"]["finished"]
+    assert st2["sft.code"]["error"].startswith("attempt failed: OSError") and "No space left" in st2["sft.code"]["error"]
+    assert st2["sft.code"]["attempt"]["status"] == "failed"
     assert "FAIL" in r.stdout and "sft.code" in r.stdout
+    assert not (run_dir / "sft.math.attempt").exists() and (run_dir / "sft.code.attempt").is_dir()
 
     # stages prints the graph with status
     r = run_cli("stages", recipe, "--run-dir", run_dir)
-    assert "sft.code" in r.stdout and "failed" in r.stdout
+    assert "sft.code" in r.stdout and "complete" in r.stdout
 
 
 def test_lock_refuses_second_run(tmp_path):
