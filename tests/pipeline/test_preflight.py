@@ -210,17 +210,6 @@ def a_read_only_run_dir(t, mp):
 
 
 @case
-def a_disk_too_small_for_the_outputs(t, mp):
-    import collections
-
-    usage = collections.namedtuple("usage", "total used free")
-    mp.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 1000, 1000))
-    return (recipe(t), None, "run directory {run}: 0.0 MiB free, the run's outputs need about 4.3 MiB (3 models "
-                             "to build, with their checkpoints: run a part with --only, keep fewer checkpoints, or "
-                             "free space)")
-
-
-@case
 def no_such_data_file(t, mp):
     f = t / "nope.jsonl"
     return recipe(t, f), None, f"tasks.math.data_files: no such file '{f}'"
@@ -269,4 +258,28 @@ def test_the_cli_process_exits_2_with_the_line(tmp_path):
         r = run_cli(cmd, rf, "--run-dir", finished, timeout=300)
         assert r.returncode == 2 and r.stderr.splitlines() == [f"error: {rf}: tasks.math: json:{f} row 1: answer: "
                                                                "missing"], (cmd, r.stderr)
+    assert snapshot(finished) == before
+
+
+def test_a_disk_too_small_for_the_outputs_stops_run_and_is_a_warning_from_validate(tmp_path, monkeypatch, capsys):
+    """The disk is this machine's: `run` refuses to start what cannot finish (exit 2, one line, nothing changed);
+    `validate` prints the same finding as a warning (it may check a recipe meant for another machine)."""
+    import collections
+
+    import pipeline.runner
+    from pipeline.cli import main
+
+    monkeypatch.setattr(pipeline.runner, "Runner", _NoRunner)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 1000, 1000))
+    finished = finished_run(tmp_path / "finished")
+    rf = tmp_path / "recipe.yaml"
+    rf.write_text(yaml.safe_dump(recipe(tmp_path)))
+    line = (f"run directory {finished}: 0.0 MiB free, the run's outputs need about 4.3 MiB (3 models to build, with "
+            "their checkpoints: run a part with --only, keep fewer checkpoints, or free space)")
+    before = snapshot(finished)
+    assert main(["validate", str(rf), "--run-dir", str(finished)]) == 0
+    assert f"warning: {line}" in capsys.readouterr().out
+    assert main(["run", str(rf), "--run-dir", str(finished)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {rf}: {line}"]
     assert snapshot(finished) == before
