@@ -21,6 +21,8 @@ from pathlib import Path
 
 from core.registry import STAGE_KINDS
 
+from .runcache import attempt_dir
+
 GENERIC = ("reward", "loss", "kl")
 STYLE = {"complete": "green", "running": "bold yellow", "failed": "bold red", "skipped": "red", "pending": "dim",
          "waiting": "dim"}
@@ -53,6 +55,8 @@ def _tail_rows(path: Path, max_bytes: int = 16384) -> list[dict]:
 def stage_progress(run_dir: Path, spec) -> dict:
     """{step, total, eta_s, metric, value} of a stage from its run-directory files (missing pieces are None)."""
     d = Path(run_dir) / spec.id
+    if attempt_dir(run_dir, spec.id).is_dir():      # it runs beside its finished output (pipeline.runcache)
+        d = attempt_dir(run_dir, spec.id)
     try:
         manifest = json.loads((d / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):

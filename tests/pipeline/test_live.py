@@ -28,6 +28,8 @@ def test_stage_progress_eta_and_metric(tmp_path):
     assert p["step"] == 4 and p["total"] == 10 and p["metric"] == "loss" and p["value"] == 0.5
     assert 4 <= p["eta_s"] <= 6.5                    # one step per second, six to go
     assert stage_progress(tmp_path, {s.id: s for s in _graph()}["sft.code"])["step"] is None
+    _metrics(tmp_path, "sft.math.attempt", 2, time.time())     # a re-run beside the finished output: its progress
+    assert stage_progress(tmp_path, spec)["step"] == 2
 
 
 def test_plain_lines_without_a_terminal(tmp_path):
