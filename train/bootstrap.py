@@ -91,9 +91,10 @@ def load_source(path: str, tokenizer_path: str | None, dtype: str):
 
 
 def init_from_pieces(model, pieces: dict[int, list[int]]) -> None:
-    """Each added token's input (and untied output) embedding starts at the mean of the rows of the pieces its text
-    had before it became one token (``<|user|>`` -> ``<``, ``|``, ``user``, ...): the model meets the chat tokens
-    near what it already reads there, not at a random point."""
+    """Each added token's input (and untied output) embedding starts at the mean of the rows of ``pieces[id]``: the
+    model's own counterpart (its EOS for ``<|end|>``), else the pieces its text had before it became one token
+    (``<|user|>`` -> ``<``, ``|``, ``user``, ...): the model meets the chat tokens near what it already reads
+    there, not at a random point."""
     import torch
 
     layers = [model.get_input_embeddings().weight]
@@ -112,7 +113,11 @@ def adopt_model(path: str, tokenizer_path: str | None, dtype: str):
     old ones, transformers' default) and install the mode template."""
     model, tok = load_source(path, tokenizer_path, dtype)
     missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
-    pieces = {t: tok(t, add_special_tokens=False)["input_ids"] for t in missing}   # before they become tokens
+    # where the model has its own end / begin / pad token, ours starts as a copy of it (a chat model already ends
+    # its turns with its EOS); every other added token at the mean of its text's pieces, taken before it is a token
+    own = {END: tok.eos_token_id, BOS: tok.bos_token_id, PAD: tok.pad_token_id or tok.eos_token_id}
+    pieces = {t: [own[t]] if own.get(t) is not None else tok(t, add_special_tokens=False)["input_ids"]
+              for t in missing}
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     tok.pad_token, tok.bos_token, tok.eos_token = PAD, BOS, END

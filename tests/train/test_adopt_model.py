@@ -61,6 +61,8 @@ def test_weights_are_the_dequantized_gguf_and_added_rows_start_at_their_pieces(a
     sd, ref_sd = model.state_dict(), ref.state_dict()
     for k in ("model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight", "model.norm.weight"):
         assert torch.equal(sd[k], ref_sd[k]), k
+    end = tok.convert_tokens_to_ids("<|end|>")                          # the model's own EOS, copied
+    assert torch.equal(emb[end], ref_emb[ref_tok.eos_token_id])
     for t in (USER, ASSISTANT, "</think>"):
         pieces = ref_tok(t, add_special_tokens=False)["input_ids"]
         assert len(pieces) > 1
