@@ -291,14 +291,17 @@ def estimate_bytes(recipe, sel, run_dir: Path | None = None) -> tuple[float, int
     except (RecipeError, ValueError, TypeError, KeyError, OSError):
         return 0.0, 0
     weights = params * (2 if recipe.model.dtype == "bfloat16" else 4)
-    total, models = 0.0, 0
+    total, models, ckpts = 0.0, 0, []
     for s in sel:
         if not STAGE_KINDS[s.kind].produces_model or _complete(run_dir, s, config_hash):
             continue
         models += 1
         keep, steps, every = (_find(s.config, k) for k in ("keep_checkpoints", "steps", "save_every"))
         saves = math.ceil(steps / every) if steps and every else (keep or 0)
-        total += weights + min(keep or 0, saves) * params * 4 * 3
+        total += weights
+        ckpts.append(min(keep or 0, saves) * params * 4 * 3)
+    # prune_checkpoints: a stage's checkpoints live only while it runs (at most two stages' at once on this count)
+    total += sum(sorted(ckpts)[-2:]) if recipe.prune_checkpoints else sum(ckpts)
     return total, models
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
@@ -60,6 +61,9 @@ class Recipe(Strict):
     logging: LoggingConfig = operational(LoggingConfig())
     sandbox: SandboxConfig = operational(SandboxConfig())  # the code sandbox's isolation (docs/rewards.md)
     keep_outputs: int | None = operational(Field(None, ge=0))  # run cache budget in bytes (or "20GB"); null: no limit
+    # delete a stage's checkpoints once it is complete (its final/ stays; a complete stage never resumes): a real
+    # model's optimizer states are ~3x its weights per checkpoint, kept by every stage of the graph otherwise
+    prune_checkpoints: bool = operational(False)
 
     @field_validator("keep_outputs", mode="before")
     @classmethod

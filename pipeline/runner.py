@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -133,6 +134,8 @@ def _execute_stage(spec: StageSpec, run_dir: str, hashes: tuple[str, str], run: 
     produced = content_hash(ctx.final_dir) if ctx.final_dir.exists() else digest(summary)
     ctx.manifest.update(status="complete", finished=now(), metrics=summary, outputs=outputs, output_hash=produced,
                         wall_s=round(time.time() - t0, 2))
+    if run.get("prune_checkpoints") and outputs:   # a complete stage never resumes: final/ is all later stages read
+        shutil.rmtree(ctx.checkpoints().root, ignore_errors=True)
     return summary
 
 
@@ -207,7 +210,7 @@ class Runner:
         self.cluster = ray.cluster_resources()
         self.priority = priorities(self.graph)
         run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging,
-                    "sandbox": self.recipe.sandbox.isolation}
+                    "sandbox": self.recipe.sandbox.isolation, "prune_checkpoints": self.recipe.prune_checkpoints}
         cache = RunCache(self.run_dir, self.recipe.keep_outputs, self.echo)
         run_info["dirs"] = self.dirs = {}  # stage -> the folder it runs in: <stage> or <stage>.attempt
         needed = ancestors(self.graph, selected)
