@@ -85,8 +85,7 @@ class ModelSize(Strict):
 
 
 class ModelConfig(Strict):
-    path: str | None = None             # HF folder, .gguf file, package:<module>/<file>, or hub id; None = the
-    #                                     embedded tiny model (core/model_source.py)
+    path: str | None = None             # HF folder, .gguf, package:<module>/<file>, hub id; None: the tiny model
     tokenizer: str | None = None        # defaults to ``path``
     dtype: Literal["float32", "bfloat16"] = "float32"
     tiny: TinyModel = TinyModel()
