@@ -58,7 +58,7 @@ def test_smollm2_guard_runs_the_real_model_end_to_end(tmp_path):
     r = run_cli("run", guard_recipe(tmp_path), "--run-dir", run, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     boot = json.loads((run / "bootstrap" / "manifest.json").read_text())
-    assert boot["status"] == "complete" and boot["summary"]["params_m"] > 130     # SmolLM2-135M, not a tiny model
+    assert boot["status"] == "complete" and boot["metrics"]["params_m"] > 130     # SmolLM2-135M, not a tiny model
     for st in ("sft.math", "grpo.math.non_think", "generalist", "distill"):    # prune_checkpoints: final/ only
         assert (run / st / "final" / "config.json").exists() and not (run / st / "ckpt").exists(), st
     distill = (run / "distill" / "log.txt").read_text()

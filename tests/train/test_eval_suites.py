@@ -97,7 +97,7 @@ def test_task_source_bfcl_fields_are_checked(tmp_path):
         ({"agent": {"source": "json", "data_files": "x.json", "bfcl": {}}}, "tasks.agent: bfcl: options of source: "
                                                                              "bfcl"),
         ({"agent": {"source": "bfcl", "bfcl": {"categories": ["sql"]}}}, "unknown BFCL category 'sql'"),
-        ({"math": {"source": "bfcl"}}, "tasks: math.source: bfcl gives function-calling rows of the agent domain"),
+        ({"math": {"source": "bfcl"}}, "tasks: math.source: bfcl gives rows of the agent domain, not math"),
     ]:
         with pytest.raises(RecipeError) as e:
             load_recipe(_write(tmp_path, {**base, "domains": ["agent", "math"], "tasks": tasks}))
