@@ -32,6 +32,7 @@ class Layout:
     teacher_gpus: float = 0.0                   # num_gpus each teacher actor asks of its bundle
     gpus: dict = field(default_factory=dict)    # bundle index -> node-local GPU indices (for printing)
     strategy: str = "-"
+    engine_bundles: list[list[int]] = field(default_factory=list)   # fleet: the bundles of each engine
 
     def describe(self) -> list[str]:
         out = []
@@ -40,6 +41,8 @@ class Layout:
             t = [j for j, bi in enumerate(self.teacher_bundles) if bi == i]
             if t:
                 who.append(f"teachers {t[0]}-{t[-1]}" if len(t) > 1 else f"teacher {t[0]}")
+            who += [f"engine {e}" + (f" (TP worker {eb.index(i)})" if len(eb) > 1 else "")
+                    for e, eb in enumerate(self.engine_bundles) if i in eb]
             res = ", ".join(f"{k} {v:g}" for k, v in b.items())
             gp = f" GPU {','.join(map(str, self.gpus[i]))}" if self.gpus.get(i) else ""
             out.append(f"bundle {i} [{res}]{gp}: {', '.join(who) or '-'}")
@@ -113,11 +116,25 @@ def stage_layout(spec, workload=None) -> Layout:
 
 
 def fleet_layout(cfg) -> Layout:
-    """One bundle per engine: its tensor-parallel GPUs (and CPUs), for the whole run. Engines that ask for nothing
-    (CPU engines with ``num_cpus: 0``) have empty bundles: the runner then builds no group for them (a token CPU
-    reservation would keep a 1-CPU stage from starting beside another on a 2-core machine)."""
-    r = cfg.resources
-    b = {**({"CPU": float(r.num_cpus)} if r.num_cpus else {}), **({"GPU": float(r.num_gpus)} if r.num_gpus else {})}
-    gpus = {i: gpu_ids(i * r.num_gpus, r.num_gpus) for i in range(cfg.engines)} if r.num_gpus else {}
-    return Layout([dict(b) for _ in range(cfg.engines)], [], {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
-                  gpus=gpus, strategy="fleet")
+    """The engines' bundles, in engine order, for the whole run (``rollout.config.engine_bundles``): TP 1 one
+    bundle per engine (its CPUs and GPU share); TP > 1 one bundle per GPU, the engine's CPUs in its first (vLLM's
+    Ray executor puts a worker in each and refuses a bundle of more GPUs). Engines that ask for nothing (CPU engines
+    with ``num_cpus: 0``) have empty bundles: the runner then builds no group for them (a token CPU reservation would
+    keep a 1-CPU stage from starting beside another on a 2-core machine). Raises ValueError when TP > 1 and an
+    engine's GPUs are not its tensor-parallel size."""
+    from rollout.config import engine_bundles
+
+    r, tp = cfg.resources, cfg.tensor_parallel_size
+    per = engine_bundles(tp, r.num_gpus, r.num_cpus)
+    bundles = [dict(b) for _ in range(cfg.engines) for b in per]
+    gpus, at = {}, 0.0
+    for i, b in enumerate(bundles):
+        if b.get("GPU"):
+            gpus[i], at = gpu_ids(at, b["GPU"]), at + b["GPU"]
+    return Layout(bundles, [], {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}, gpus=gpus, strategy="fleet",
+                  engine_bundles=[list(range(e * len(per), (e + 1) * len(per))) for e in range(cfg.engines)])
+
+
+def engine_gpus(layout: Layout, engine: int) -> list[int]:
+    """Node-local GPU indices of one engine of a ``fleet_layout`` (all its bundles')."""
+    return sorted({g for b in layout.engine_bundles[engine] for g in layout.gpus.get(b, [])})

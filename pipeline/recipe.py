@@ -293,8 +293,14 @@ def _check_fleet(recipe: Recipe, graph, source: str) -> None:
     weights they ask for (FP4 is the fleet's)."""
     from rollout.config import EngineConfig
 
+    from .placement import fleet_layout
     from .runner import uses_fleet
 
+    if recipe.fleet is not None:
+        try:
+            fleet_layout(recipe.fleet)           # TP > 1: one bundle per GPU, so GPUs per engine = TP
+        except ValueError as e:
+            raise RecipeError(f"{source}: {e}") from None
     for st in graph:
         if not uses_fleet(st.config):
             continue

@@ -79,3 +79,27 @@ class Placement(Strict):
     # colocate: teachers on the learner's GPUs; split: their own (distill: taken from the learner's)
     strategy: Literal["colocate", "split"] = operational("colocate", sets=SPLIT_WORLD_SIZE)
     teacher_gpus: int | None = operational(Field(None, ge=0), sets=SPLIT_WORLD_SIZE)   # split: default a quarter
+
+
+def engine_bundles(tp: int, num_gpus: float, num_cpus: float) -> list[dict]:
+    """The Ray bundles of one engine. TP 1: one bundle with the engine's CPUs and GPU share (a fraction allowed),
+    the actor's own. TP > 1: ``tp`` bundles of one GPU each, the engine's CPUs in the first (where its actor runs):
+    vLLM's Ray executor puts one worker in each GPU bundle and refuses a bundle of more than one GPU. Raises
+    ValueError when TP > 1 and the engine's GPUs are not exactly ``tp``."""
+    cpu = {"CPU": float(num_cpus)} if num_cpus else {}
+    if tp <= 1:
+        return [{**cpu, **({"GPU": float(num_gpus)} if num_gpus else {})}]
+    if num_gpus != tp:
+        raise ValueError(f"fleet.resources.num_gpus: {num_gpus:g} GPU(s) per engine, but fleet.tensor_parallel_size "
+                         f"{tp} needs exactly {tp} (one GPU per tensor-parallel worker)")
+    return [{**cpu, "GPU": 1.0}] + [{"GPU": 1.0} for _ in range(tp - 1)]
+
+
+def engine_placement(index: int, tp: int, num_gpus: float, num_cpus: float) -> tuple[int, dict, list[int] | None]:
+    """Engine ``index`` of a group made of :func:`engine_bundles` per engine, in order: the bundle its actor goes
+    in, what the actor asks of it (``num_cpus``, ``num_gpus``), and for TP > 1 the bundles of its vLLM workers."""
+    per = len(engine_bundles(tp, num_gpus, num_cpus))
+    first = index * per
+    if tp <= 1:
+        return first, {"num_cpus": num_cpus, "num_gpus": num_gpus}, None
+    return first, {"num_cpus": num_cpus, "num_gpus": 0}, list(range(first, first + per))

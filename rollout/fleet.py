@@ -67,13 +67,20 @@ class Fleet:
             self.engines[i] = self._ready(actor, info_ref)
 
     def _start(self, index: int):
-        """Start engine ``index`` in its bundle of the fleet's placement group (when there is one)."""
-        opts = {}
+        """Start engine ``index`` in its bundle of the fleet's placement group (when there is one); TP > 1: in the
+        first of its one-GPU bundles, holding none, its vLLM workers in them (``rollout.config.engine_placement``)."""
+        opts, kwargs = {}, self.engine_kwargs
         if self.pg is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)
-        actor = self._cls.options(**opts).remote(self.model_path, **self.engine_kwargs)
+            from .config import engine_placement
+
+            tp = int(kwargs.get("extra", {}).get("tensor_parallel_size", 1))
+            bundle, opts, workers = engine_placement(index, tp, self.actor_options["num_gpus"],
+                                                     self.actor_options["num_cpus"])
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
+            kwargs = {**kwargs, "worker_bundles": workers} if workers else kwargs
+        actor = self._cls.options(**opts).remote(self.model_path, **kwargs)
         self.starts += 1
         return actor, actor.info.remote()
 

@@ -5,8 +5,17 @@
 actor process: no ``spawn`` of engine processes (the caller needs no ``if __name__ == "__main__":`` guard), and
 ``collective_rpc`` hands tensors to the worker by reference instead of serializing them. It also sets
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` so ``collective_rpc`` accepts our module-level sync function (only the
-actor's private engine sees it). Tensor parallelism > 1 would need vLLM's multiprocess executor and the NCCL
-weight-transfer engine instead; not done here.
+actor's private engine sees it).
+
+Tensor parallelism > 1 (GPU only; written against vLLM 0.32's Ray executors, never run on a GPU): the engine runs
+vLLM's own Ray executor (``distributed_executor_backend="ray"``) inside a placement group of one bundle per GPU
+(``rollout.config.engine_bundles``): vLLM refuses a bundle of more than one GPU and places one worker actor per GPU
+bundle (``initialize_ray_cluster`` and the executors in ``vllm/v1/executor/ray_utils.py``, ``ray_executor*.py``).
+The engine actor sits in the first of its bundles holding the engine's CPUs and no GPU (its workers hold them);
+vLLM takes the actor's placement group as its own (``EngineArgs.create_engine_config``:
+``ray.util.get_current_placement_group()`` inside a Ray actor), and ``VLLM_RAY_BUNDLE_INDICES`` names the engine's
+bundles in a group that holds several engines (the fleet's: ``rollout.config.engine_placement``). Weight syncs land
+in the actor's host memory and reach the workers through ``collective_rpc``. TP 1 engines run in the actor process.
 
 Memory (absolute, never a fraction of what a machine reports): the KV cache is ``kv_cache_bytes``, handed to vLLM as
 its ``kv_cache_memory_bytes`` engine argument (``CacheConfig.kv_cache_memory_bytes``; vLLM's CPU KV-cache-space
@@ -87,6 +96,7 @@ import torch
 
 from core.where import use_cuda, where
 
+from .config import engine_bundles, engine_placement
 from .engine import Completion, SamplingParams
 from .routes import engine_routes
 from .vllm_memory import DEFAULT_KV_CACHE_BYTES, EngineStartError, _kv_asked, memory_found, node_memory, start_error_message
@@ -104,6 +114,19 @@ ROUTES_NOT_STARTED = ("vllm engine: SamplingParams.return_routed_experts needs a
                       "return_routed_experts=True")
 
 
+def tp_engine_args(extra: dict, worker_bundles: list[int] | None) -> dict:
+    """For TP > 1: vLLM's Ray executor, its workers in ``worker_bundles`` of the actor's placement group
+    (``VLLM_RAY_BUNDLE_INDICES``, read by both of vLLM 0.32's Ray executors); ``extra`` unchanged for TP 1. Sets the
+    variable in this process (the engine actor's), before vLLM reads it."""
+    if int(extra.get("tensor_parallel_size", 1)) <= 1:
+        return extra
+    if worker_bundles:
+        os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, worker_bundles))
+    else:
+        os.environ.pop("VLLM_RAY_BUNDLE_INDICES", None)
+    return {**extra, "distributed_executor_backend": "ray"}
+
+
 class _VLLMActor:
     """Owns the ``vllm.LLM``; wrapped with ``ray.remote`` by ``VLLMEngine``.
 
@@ -112,11 +135,15 @@ class _VLLMActor:
 
     def __init__(self, model_path: str, dtype: str, kv_cache_bytes: int | None, gpu_memory_utilization: float,
                  max_model_len: int, seed: int, max_logprobs: int, enforce_eager: bool, extra: dict,
-                 return_routed_experts: bool = False, fp4: bool = False, fp4_patterns: Iterable[str] | None = None):
+                 return_routed_experts: bool = False, fp4: bool = False, fp4_patterns: Iterable[str] | None = None,
+                 worker_bundles: list[int] | None = None):
         os.environ.update(_ACTOR_ENV)
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)   # would override kv_cache_memory_bytes on CPU
         t = time.perf_counter()
-        self.on_cpu = not use_cuda()              # the GPUs Ray gave this actor (none: CPU)
+        self.tp = int(extra.get("tensor_parallel_size", 1))
+        extra = tp_engine_args(extra, worker_bundles)    # TP > 1: vLLM's Ray executor in our bundles (docstring)
+        # the GPUs Ray gave this actor (none: CPU); TP > 1 is GPU only and its GPUs are the workers'
+        self.on_cpu = not use_cuda() and self.tp == 1
         if self.on_cpu and kv_cache_bytes is None:
             kv_cache_bytes = DEFAULT_KV_CACHE_BYTES
         self.kv_cache_bytes = kv_cache_bytes
@@ -174,11 +201,15 @@ class _VLLMActor:
         self._generate([[self.tokenizer.eos_token_id or 0]], SamplingParams(max_tokens=2, temperature=0.0))
 
     def info(self) -> dict:
+        """``on_cpu``: whether the process that receives weight syncs (this actor) computes on the CPU -- what the
+        transport is chosen from. A TP > 1 engine's actor holds no GPU (its workers do): True there."""
+        receiver_on_cpu = self.on_cpu or self.tp > 1
         if self.error is not None:
-            return {"error": self.error, "startup_s": self.startup_s, "on_cpu": self.on_cpu}
+            return {"error": self.error, "startup_s": self.startup_s, "on_cpu": receiver_on_cpu}
         served = ("full precision" if not self.fp4 else "mxfp4-dequantized (cpu: no FP4 kernels)" if self.on_cpu
                   else "mxfp4a16-packed (compressed-tensors)")
-        return {"startup_s": self.startup_s, "on_cpu": self.on_cpu, "eos_token_id": self.tokenizer.eos_token_id,
+        return {"startup_s": self.startup_s, "on_cpu": receiver_on_cpu, "tensor_parallel_size": self.tp,
+                "eos_token_id": self.tokenizer.eos_token_id,
                 "kv_cache": {"asked_bytes": self.kv_cache_bytes, **self.kv_cache}, "moe_layers": self.moe_layers,
                 "fp4": self.fp4, "served": served, "routed_experts": self.return_routed_experts, "where": where(),
                 "scheduler": self.scheduler, "max_model_len": self.llm.llm_engine.vllm_config.model_config.max_model_len}
@@ -337,10 +368,19 @@ class VLLMEngine:
         self.quantized = quantized
         self.fp4_patterns = tuple(fp4_patterns)
         self.model_path = str(model_path)
-        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=1 if on_gpu else 0)(_VLLMActor)
+        self._pg, opts, worker_bundles = None, {"num_cpus": num_cpus, "num_gpus": 1 if on_gpu else 0}, None
+        tp = int(vllm_kwargs.get("tensor_parallel_size", 1))
+        if tp > 1:                               # its own group: one bundle per GPU (engine_bundles)
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            self._pg = ray.util.placement_group(engine_bundles(tp, tp, num_cpus), strategy="STRICT_PACK")
+            bundle, opts, worker_bundles = engine_placement(0, tp, tp, num_cpus)
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self._pg,
+                                                                           placement_group_bundle_index=bundle)
+        actor_cls = ray.remote(_VLLMActor).options(**opts)
         self._actor = actor_cls.remote(self.model_path, dtype, kv_cache_bytes, gpu_memory_utilization,
                                        max_model_len, seed, max_logprobs, enforce_eager, vllm_kwargs,
-                                       return_routed_experts)
+                                       return_routed_experts, worker_bundles=worker_bundles)
         self.return_routed_experts = return_routed_experts
         try:
             self.info = ray.get(self._actor.info.remote())
@@ -387,3 +427,6 @@ class VLLMEngine:
         if self._actor is not None:
             ray.kill(self._actor)
             self._actor = None
+        if getattr(self, "_pg", None) is not None:
+            ray.util.remove_placement_group(self._pg)
+            self._pg = None

@@ -17,7 +17,7 @@ from core.registry import STAGE_KINDS
 from distill.kl import teacher_payload_bytes
 
 from ..recipe import LearnerConfig, Recipe, RecipeError
-from ..placement import fleet_layout, stage_layout
+from ..placement import engine_gpus, fleet_layout, stage_layout
 from .dims import GB, Cluster, Dims, model_dims
 
 PROMPT_TOKENS = 512          # assumed prompt length for RL / distillation rollouts (completions use the mode budget)
@@ -184,7 +184,6 @@ def plan_fleet(recipe: Recipe, dims: Dims) -> StagePlan | None:
     cfg = recipe.fleet
     if cfg is None:
         return None
-    layout = fleet_layout(cfg)
     G = float(cfg.resources.num_gpus * cfg.engines)
     tp = cfg.tensor_parallel_size
     if cfg.resources.num_gpus and tp > 1 and tp > cfg.resources.num_gpus:   # TP 1 may take a fraction of a GPU
@@ -192,13 +191,17 @@ def plan_fleet(recipe: Recipe, dims: Dims) -> StagePlan | None:
                           "per engine")
     if not cfg.resources.num_gpus and tp > 1:
         raise RecipeError(f"fleet.tensor_parallel_size {tp} needs GPUs (fleet.resources.num_gpus is 0)")
+    try:
+        layout = fleet_layout(cfg)
+    except ValueError as e:                       # TP > 1: GPUs per engine other than its tensor-parallel size
+        raise RecipeError(str(e)) from None
     sp = StagePlan("fleet", "fleet", G, cfg.resources.num_cpus * cfg.engines, [], "fleet", layout=layout)
     wb = engine_weight_bytes(dims, cfg.fp4, 2)
     budgets = [s.for_mode(m).l_max for s in [recipe.grpo.shaping] for m in recipe.modes] if recipe.grpo else [1024]
     seq = PROMPT_TOKENS + max(budgets)
     kv_seq = dims.kv_bytes_per_token * seq
     for i in range(cfg.engines):
-        a = Actor(f"engine{i}", gpus=layout.gpus.get(i, []), parts={"weights": wb / tp},
+        a = Actor(f"engine{i}", gpus=engine_gpus(layout, i), parts={"weights": wb / tp},
                   notes=[f"vLLM TP={tp}{' MXFP4 weights' if cfg.fp4 else ''}, held for the run"])
         if cfg.resources.num_gpus:
             a.alt.update(reserved=cfg.gpu_memory_utilization, kv_seq=kv_seq / tp, conc=1)
@@ -271,7 +274,7 @@ def check_fit(plans: list[StagePlan], cluster: Cluster) -> list[str]:
     for sp in plans:
         where = f"stage {sp.id}"
         if sp.kind == "fleet":                    # its engines may sit on several nodes: one bundle each
-            per = max((len(g) for g in sp.layout.gpus.values()), default=0)
+            per = max((len(engine_gpus(sp.layout, e)) for e in range(len(sp.layout.engine_bundles))), default=0)
             if per > cluster.gpus:
                 problems.append(f"fleet: an engine needs {per} GPUs on one node but a node has {cluster.gpus}")
             elif sp.node is None:
