@@ -82,7 +82,7 @@ def selected(graph, only=(), from_=None) -> list:
 def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None, address: str | None = None,
               only=(), from_=None, echo=None, write_cache: bool = False):
     """Run every check; returns ``(recipe, graph, report)`` or raises ``RecipeError`` (one line)."""
-    from .preflight_model import check_files, check_model
+    from .preflight_model import check_files, check_fp4, check_model
 
     rep = Report(echo)
     t = time.perf_counter()
@@ -109,6 +109,7 @@ def preflight(recipe_path: str, overrides=(), run_dir: str | Path | None = None,
     rep.part("checks", t, "files, vocabularies, references, resources" +
              (f" (this machine: {here['CPU']} CPUs, {here['GPU']} GPUs)" if here else " (cluster: checked on join)"))
     model_part("weights", check_model, recipe.model)
+    model_part("fp4", check_fp4, recipe, graph)
 
     sel = selected(graph, only, from_)
     run_dir = Path(run_dir) if run_dir else Path("runs") / recipe.name

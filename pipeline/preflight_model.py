@@ -231,3 +231,37 @@ def check_tokenizer(tok_path: str, load: bool = False) -> list[str]:
     if not has_template and not (p / "chat_template.jinja").exists():
         return ["no chat template: none needed, bootstrap installs the pipeline's three-mode template"]
     return []
+
+
+def check_fp4(recipe, graph) -> list[str]:
+    """``qat: mxfp4`` in a stage's learner with a fleet that serves MXFP4: the weights the learner fake-quantizes are
+    the weights the engine packs on every weight push (``rollout.vllm_engine.fp4_coverage``, from the names and
+    shapes of the model's safetensors headers; torch is imported only here). A local folder only: a hub id is not
+    read offline, and the embedded tiny model is MoE (its experts on both sides)."""
+    stages = [s for s in graph if getattr(getattr(s.config, "learner", None), "qat", None) == "mxfp4"]
+    if not stages or recipe.fleet is None or not recipe.fleet.fp4 or not recipe.model.path:
+        return []
+    key = "learner.qat" if recipe.learner.qat == "mxfp4" else f"{stages[0].config_key}.learner.qat"
+    path = _resolve(recipe.model.path, "model.path")
+    p = Path(path)
+    files = _weights(p, "model.path") if _is_local(path) and p.is_dir() else []
+    if not files:
+        return ["fp4: learner/engine MXFP4 targets not compared (no local safetensors)"]
+    shapes = {}
+    for f in files:
+        shapes.update({n: tuple(t["shape"]) for n, t in safetensors_header(f, "model.path").items()})
+    from rollout.vllm_engine import fp4_coverage
+
+    try:
+        learner, engine = fp4_coverage(shapes)
+    except ValueError as e:
+        raise RecipeError(f"{key}: mxfp4: {e}") from None
+    if not learner:
+        raise RecipeError(f"{key}: mxfp4 finds no MXFP4 target in {path} (no routed experts, no "
+                          "mlp.gate_proj/up_proj/down_proj): the learner would train without fake-quant")
+    if learner != engine:
+        only_l, only_e = sorted(set(learner) - set(engine)), sorted(set(engine) - set(learner))
+        raise RecipeError(f"{key}: mxfp4 fake-quantizes {len(learner)} weights of {path} but the fleet's MXFP4 "
+                          f"packing (fleet.fp4) covers {len(engine)}: only in QAT {only_l[:3]} ({len(only_l)}), "
+                          f"only in the engine {only_e[:3]} ({len(only_e)})")
+    return [f"fp4: learner.qat and the fleet's MXFP4 packing cover the same {len(learner)} weights"]

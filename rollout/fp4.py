@@ -40,6 +40,8 @@ __all__ = [
     "fake_quant_mxfp4",
     "mxfp4_codes",
     "default_patterns",
+    "target_patterns",
+    "select_target_names",
     "select_targets",
     "enable_qat",
     "disable_qat",
@@ -199,12 +201,34 @@ def _clean_named_parameters(model: nn.Module) -> Iterable[tuple[str, nn.Paramete
         yield _clean_name(name), p
 
 
-def default_patterns(model: nn.Module) -> tuple[str, ...]:
-    """MoE expert weights if the model has any (fused 3-D or per-expert Linear), else dense MLP projections."""
-    names = [n for n, _ in _clean_named_parameters(model)]
+def target_patterns(names: Iterable[str]) -> tuple[str, ...]:
+    """The MXFP4 target patterns of a model with these parameter names (clean, or the engine's checkpoint format):
+    MoE expert weights if the model has any (fused 3-D or per-expert Linear), else the dense MLP projections. The one
+    rule of the learner's QAT (:func:`enable_qat`), the engine's packing (``rollout.vllm_engine.engine_fp4_patterns``),
+    the export and MXFP4 teachers."""
+    names = list(names)
     if any(re.search(p, n) for p in MOE_EXPERT_PATTERNS for n in names):
         return MOE_EXPERT_PATTERNS
     return DENSE_MLP_PATTERNS
+
+
+def default_patterns(model: nn.Module) -> tuple[str, ...]:
+    """:func:`target_patterns` of the model's clean parameter names."""
+    return target_patterns(n for n, _ in _clean_named_parameters(model))
+
+
+def select_target_names(shapes: dict[str, tuple[int, ...]], patterns: Iterable[str] | None = None) -> list[str]:
+    """:func:`select_targets` on ``{clean name: shape}`` (no model needed: a checkpoint's header will do)."""
+    pats = tuple(target_patterns(shapes) if patterns is None else patterns)
+    compiled = [re.compile(p) for p in pats]
+    out = []
+    for name, shape in shapes.items():
+        if any(c.search(name) for c in compiled):
+            if len(shape) < 2 or shape[-1] % BLOCK != 0:
+                raise ValueError(f"target {name} of shape {tuple(shape)} cannot be MXFP4 "
+                                 f"(needs ndim >= 2 and last dim % {BLOCK} == 0)")
+            out.append(name)
+    return out
 
 
 def select_targets(model: nn.Module, patterns: Iterable[str] | None = None) -> list[str]:
@@ -212,16 +236,7 @@ def select_targets(model: nn.Module, patterns: Iterable[str] | None = None) -> l
 
     Targets must be >= 2-D with the last dim divisible by 32; a matching parameter that is not raises ValueError.
     """
-    pats = tuple(default_patterns(model) if patterns is None else patterns)
-    compiled = [re.compile(p) for p in pats]
-    out = []
-    for name, p in _clean_named_parameters(model):
-        if any(c.search(name) for c in compiled):
-            if p.ndim < 2 or p.shape[-1] % BLOCK != 0:
-                raise ValueError(f"target {name} of shape {tuple(p.shape)} cannot be MXFP4 "
-                                 f"(needs ndim >= 2 and last dim % {BLOCK} == 0)")
-            out.append(name)
-    return out
+    return select_target_names({n: tuple(p.shape) for n, p in _clean_named_parameters(model)}, patterns)
 
 
 # ----------------------------------------------------------------------------------------------------------------

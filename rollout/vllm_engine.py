@@ -114,6 +114,33 @@ ROUTES_NOT_STARTED = ("vllm engine: SamplingParams.return_routed_experts needs a
                       "return_routed_experts=True")
 
 
+def engine_fp4_patterns(checkpoint_names: Iterable[str], given: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The patterns the engine packs MXFP4 with (``pack_mxfp4_targets``) for a weight push of these checkpoint-format
+    names: ``given``, else ``rollout.fp4.target_patterns`` -- the rule the learner's QAT uses (the routed experts of
+    an MoE model, the MLP projections of a dense one). It used to be the experts' patterns always, which packed
+    nothing of a dense model the learner had trained with MXFP4 fake-quant on its MLP."""
+    from .fp4 import target_patterns
+
+    return tuple(given) if given is not None else target_patterns(checkpoint_names)
+
+
+def fp4_coverage(shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """``{clean parameter name: shape}`` of a model (a learner's names, e.g. from a checkpoint's header) -> (the
+    weights the learner's ``qat: mxfp4`` fake-quantizes, the weights the engine packs as MXFP4 on a weight push, as
+    the learner's names). The engine side runs the engine's own path on meta tensors: ``to_checkpoint_format``,
+    :func:`engine_fp4_patterns`, ``pack_mxfp4_targets``. Raises ValueError for a QAT target MXFP4 cannot hold."""
+    from .export import checkpoint_key_to_param
+    from .fp4 import select_target_names
+
+    qat = sorted(select_target_names(shapes))
+    items = list(to_checkpoint_format((n, torch.empty(s, device="meta")) for n, s in shapes.items()))
+    packed = [n.removesuffix("_packed") for n, _ in
+              pack_mxfp4_targets(items, engine_fp4_patterns([n for n, _ in items])) if n.endswith(".weight_packed")]
+    names = set(shapes)
+    engine = sorted({checkpoint_key_to_param(n, names) or n for n in packed})
+    return qat, engine
+
+
 def tp_engine_args(extra: dict, worker_bundles: list[int] | None) -> dict:
     """For TP > 1: vLLM's Ray executor, its workers in ``worker_bundles`` of the actor's placement group
     (``VLLM_RAY_BUNDLE_INDICES``, read by both of vLLM 0.32's Ray executors); ``extra`` unchanged for TP 1. Sets the
@@ -152,10 +179,7 @@ class _VLLMActor:
         self.kv_cache = None
         self.return_routed_experts = engine_routes(return_routed_experts, model_path)   # MoE models only
         self.fp4 = fp4
-        if fp4_patterns is None:
-            from .fp4 import MOE_EXPERT_PATTERNS
-            fp4_patterns = MOE_EXPERT_PATTERNS
-        self.fp4_patterns = tuple(fp4_patterns)
+        self.fp4_patterns = None if fp4_patterns is None else tuple(fp4_patterns)   # None: engine_fp4_patterns
         self.moe_layers: list[int] = []
         self.routes_native = not self.on_cpu          # vLLM's own output on GPU, our worker capture on CPU
         try:
@@ -282,9 +306,10 @@ class _VLLMActor:
         tensors are expected MXFP4-dequantized already and load as they are."""
         t = time.perf_counter()
         quantized = self.fp4 if quantized is None else quantized
-        items = to_checkpoint_format(state_dict.items())
+        items = list(to_checkpoint_format(state_dict.items()))
         if quantized and not self.on_cpu:
-            items = pack_mxfp4_targets(items, fp4_patterns or self.fp4_patterns)
+            items = pack_mxfp4_targets(items, engine_fp4_patterns([n for n, _ in items],
+                                                                  fp4_patterns or self.fp4_patterns))
         # CPU (and FP4-on-CPU: dequantized tensors, loaded as they are) and GPU share vLLM's in-place reload;
         # only the CPU backend needs the MoE-prepack workaround.
         self.llm.collective_rpc(_worker_reload, args=(list(items), self.on_cpu))
@@ -362,11 +387,8 @@ class VLLMEngine:
             kv_cache_bytes = int(kv_cache_bytes)
             if kv_cache_bytes <= 0:
                 raise ValueError(f"kv_cache_bytes must be > 0, got {kv_cache_bytes}")
-        if fp4_patterns is None:
-            from .fp4 import MOE_EXPERT_PATTERNS
-            fp4_patterns = MOE_EXPERT_PATTERNS
         self.quantized = quantized
-        self.fp4_patterns = tuple(fp4_patterns)
+        self.fp4_patterns = None if fp4_patterns is None else tuple(fp4_patterns)
         self.model_path = str(model_path)
         self._pg, opts, worker_bundles = None, {"num_cpus": num_cpus, "num_gpus": 1 if on_gpu else 0}, None
         tp = int(vllm_kwargs.get("tensor_parallel_size", 1))
