@@ -125,6 +125,7 @@ class DistillStage(Strict):
     distill: DistillConfig
     student_from: str
     teachers: dict[str, list[TeacherRef]]   # every domain.mode with a teacher (defaults resolved)
+    teacher_qat: dict[str, str] = {}        # teacher name -> "mxfp4" where its stage trained with MXFP4 QAT: served so
     weights: dict[str, float]               # prompt weight per domain.mode (mixture resolved)
     max_tokens: dict[str, int]              # per mode
     learner: LearnerConfig
@@ -162,6 +163,21 @@ def default_teachers(cfg: DistillConfig, domains, modes, specs) -> dict[str, lis
     return out
 
 
+def teacher_qat(teachers: dict[str, list[TeacherRef]], specs) -> dict[str, str]:
+    """Teacher name -> ``"mxfp4"`` for every stage teacher whose learner trained with ``qat: mxfp4``: the weights it
+    learned are the fake-quantized ones, which is also what the fleet serves of it (distill/teachers.py). A path
+    teacher is served as stored."""
+    by_id = {s.id: s for s in specs}
+    out = {}
+    for refs in teachers.values():
+        for t in refs:
+            spec = by_id.get(t.stage) if t.stage else None
+            learner = getattr(spec.config, "learner", None) if spec is not None else None
+            if getattr(learner, "qat", "none") == "mxfp4":
+                out[t.name] = "mxfp4"
+    return out
+
+
 def _expand_distill(recipe, specs) -> list[StageSpec]:
     cfg = recipe.distill
     ids = {s.id for s in specs}
@@ -169,7 +185,8 @@ def _expand_distill(recipe, specs) -> list[StageSpec]:
     teachers = default_teachers(cfg, recipe.domains, recipe.modes, specs)
     weights = mixture_weights(cfg, recipe.domains, recipe.modes)
     budgets = mode_budgets(recipe)
-    stage = DistillStage(distill=cfg, student_from=student, teachers=teachers, weights=weights,
+    stage = DistillStage(distill=cfg, student_from=student, teachers=teachers,
+                         teacher_qat=teacher_qat(teachers, specs), weights=weights,
                          max_tokens={m: cfg.max_tokens.get(m, budgets[m]) for m in recipe.modes},
                          learner=recipe.learner.merged(cfg.learner, "distill"),
                          tasks={d: recipe.task_source(d) for d in recipe.domains}, domains=recipe.domains,

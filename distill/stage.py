@@ -51,7 +51,8 @@ def run(ctx) -> dict:
     loop = ctx.train_loop(learner, d.steps, d.save_every, d.keep_checkpoints)
     engine.load_weights(learner.rollout_state_dict(engine.fp4))
     pool = TeacherPool(teachers_of(table), d.teacher_memory_gb, threads=1, payload=d.payload,   # one thread each:
-                       placement=teacher_placement(ctx))                                        # they share cores
+                       placement=teacher_placement(ctx),                                        # they share cores
+                       qat=getattr(cfg, "teacher_qat", {}))   # (a spec pickled before the field: served as stored)
     try:
         for step in loop:
             t0 = time.perf_counter()

@@ -77,11 +77,24 @@ def check_teachers(table: dict, student_folder: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- actor
+@torch.no_grad()
+def mxfp4_dequantized(model):
+    """``model`` with its MXFP4 targets replaced, in place, by their MXFP4-dequantized values: the weights a learner
+    with ``qat: mxfp4`` computes with (``rollout.fp4.enable_qat``: the same targets, ``fake_quant_mxfp4``) and the
+    fleet serves (``quantized_state_dict``). Returns the model."""
+    from rollout.fp4 import quantized_state_dict
+
+    for name, w in quantized_state_dict(model, targets_only=True).items():
+        model.get_parameter(name).copy_(w)
+    return model
+
+
 class TeacherWorker:
     """One teacher model in its own process. Plain class; :class:`TeacherPool` wraps it with ``ray.remote``."""
 
-    def __init__(self, folder: str, threads: int = 1, dtype: str = "float32"):
-        self.folder, self.threads = folder, threads
+    def __init__(self, folder: str, threads: int = 1, dtype: str = "float32", qat: str = "none"):
+        """``qat``: ``"mxfp4"`` serves the MXFP4-dequantized weights its stage trained (and the fleet serves)."""
+        self.folder, self.threads, self.qat = folder, threads, qat
         self.device = device()                  # the GPU Ray gave this actor, if any (ray.get_gpu_ids)
         self.dtype = torch.bfloat16 if self.device == "cuda" else getattr(torch, dtype)
         self.model = None
@@ -96,7 +109,11 @@ class TeacherWorker:
             from transformers import AutoModelForCausalLM
 
             torch.set_num_threads(max(1, self.threads))
-            self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=self.dtype).to(self.device).eval()
+            if self.qat == "mxfp4":           # quantize the stored (fp32) weights, then cast: MXFP4 values fit bf16
+                model = mxfp4_dequantized(AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32))
+                self.model = model.to(self.dtype).to(self.device).eval()
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=self.dtype).to(self.device).eval()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def head(self) -> torch.Tensor:
@@ -134,9 +151,11 @@ class TeacherPool:
     """Lazily started teacher actors, least-recently-used evicted to stay within ``budget_gb``."""
 
     def __init__(self, teachers: dict, budget_gb: float, threads: int = 1, num_cpus: float = 0,
-                 payload: str = "hidden", dtype: str = "float32", placement: dict | None = None):
+                 payload: str = "hidden", dtype: str = "float32", placement: dict | None = None,
+                 qat: dict | None = None):
         """``placement``: ``{"pg", "bundles", "num_gpus"}`` -- the stage's placement group, the bundle of each
-        teacher (in the order of ``teachers``) and the GPU share each teacher actor asks of it."""
+        teacher (in the order of ``teachers``) and the GPU share each teacher actor asks of it. ``qat``: teacher
+        name -> ``"mxfp4"`` for the teachers served MXFP4-dequantized (``DistillStage.teacher_qat``)."""
         import ray
 
         self.ray = ray
@@ -145,6 +164,7 @@ class TeacherPool:
         self.threads, self.payload, self.dtype = threads, payload, dtype
         self.remote_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(TeacherWorker)
         self.placement = placement
+        self.qat = dict(qat or {})
         self.order = {name: i for i, name in enumerate(teachers)}
         self.actors: OrderedDict[str, object] = OrderedDict()   # LRU order: oldest first
         self.rss: dict[str, int] = {}
@@ -178,7 +198,8 @@ class TeacherPool:
         for n in names:
             opts = self._options(n)
             cls = self.remote_cls.options(**opts) if opts else self.remote_cls
-            started[n] = cls.remote(self.teachers[n].folder, self.threads, self.dtype)
+            qat = {"qat": self.qat[n]} if self.qat.get(n, "none") != "none" else {}
+            started[n] = cls.remote(self.teachers[n].folder, self.threads, self.dtype, **qat)
         for n, rss in zip(started, self.ray.get([a.load.remote() for a in started.values()])):
             self.rss[n] = rss
             self.actors[n] = started[n]
