@@ -10,7 +10,8 @@
   ids against the model's vocabulary are ``pipeline.recipe.check_vocab``'s check. A missing chat template is only
   noted: ``bootstrap`` installs the pipeline's own three-mode template (``core.chat.CHAT_TEMPLATE``) on any model.
 
-Every problem is a :class:`~pipeline.recipe.RecipeError` of one line. No torch.
+Every problem is a :class:`~pipeline.recipe.RecipeError` of one line. No torch, except :func:`check_fp4` (the
+learner's and the engine's MXFP4 targets, compared on meta tensors) when it has something to compare.
 """
 from __future__ import annotations
 
