@@ -24,7 +24,11 @@ Weight sync (``FleetConfig.weight_sync``, ``sync_bucket_mb``; ``rollout/weight_s
 default) forms, on the first ``load_weights`` of a lease, a two-rank group between the stage process (rank 0, the
 sender; it hosts the group's store) and the leased engine actor (rank 1), gloo on CPU and NCCL when both sides have
 a GPU, and broadcasts the state dict in dtype buckets of ``sync_bucket_mb``; the engine rebuilds it and reloads in
-place as the object-store path does. If the group cannot be formed (the engine on a node whose port is unreachable,
+place as the object-store path does. Where the stage and the engine share a GPU (``rollout.transport``) the buckets
+go by CUDA IPC instead (``weight_sync.IpcSender``: handles through ``sync_receive``, the engine's return the
+acknowledgement). Floating tensors travel in the learner's training dtype (``RolloutWeights.wire_dtype``: bf16 for
+a bf16 learner) and the engine casts them to its own (``SyncPlan.cast_to``); a ``RolloutWeights`` (ZeRO-3) is
+gathered one bucket at a time while it is sent. If the group cannot be formed (the engine on a node whose port is unreachable,
 a timeout, no NCCL) or a transfer fails, one line is logged and the lease uses the object store (``ray.put`` of the
 whole state dict) from then on; ``object_store`` forces that. The lease keeps the last weights it pushed (the
 collective path: the CPU copies of the buckets it sent; the object store path: the object), so a replaced engine gets
@@ -39,7 +43,7 @@ import time
 from core.where import use_cuda
 
 from .engine import Completion, SamplingParams
-from .weight_sync import FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, SyncError
+from .weight_sync import FORM_TIMEOUT_S, SYNC_MODES, SYNC_TIMEOUT_S, RolloutWeights, SyncError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ def start_fleet(model_path: str, cfg, max_model_len: int, seed: int, name: str |
     actor_options = {"num_cpus": cfg.resources.num_cpus, "num_gpus": cfg.resources.num_gpus or 0}
     fleet_cls = ray.remote(num_cpus=0, max_concurrency=64)(Fleet)
     opts = {"name": name} if name else {}
-    sync = {"mode": cfg.weight_sync, "bucket_mb": cfg.sync_bucket_mb}
+    sync = {"mode": cfg.weight_sync, "bucket_mb": cfg.sync_bucket_mb, "engine_dtype": kwargs["dtype"]}
     return fleet_cls.options(**opts).remote(model_path, cfg.engines, kwargs, actor_options, pg, sync)
 
 
@@ -176,11 +180,12 @@ class LeasedEngine:
         if self.weight_sync not in SYNC_MODES:
             raise ValueError(f"weight_sync must be one of {', '.join(SYNC_MODES)}, got {self.weight_sync!r}")
         self.bucket_bytes = int(float(sync_bucket_mb or sync["bucket_mb"]) * 2**20)
+        self.engine_dtype = sync.get("engine_dtype")             # the receiver casts floating tensors to it
         self.form_timeout_s, self.sync_timeout_s = form_timeout_s, sync_timeout_s
         self.collective = self.weight_sync == "collective"   # False after a fallback: object store for the lease
         self.fallback: str | None = None                       # why the lease fell back (one line)
         self.last_sync: dict = {}                              # path, seconds, bytes of the last push
-        self._sender = None                                    # rollout.weight_sync.WeightSender once formed
+        self._sender = None                                    # WeightSender / IpcSender once formed
         self._last = None          # object-store path: the ObjectRef of the last weights
         self._snapshot = None      # collective path: (plan, CPU copies of the buckets sent)
         self._pending: list = []   # sync calls abandoned after a timeout
@@ -229,7 +234,7 @@ class LeasedEngine:
     def load_weights(self, state_dict: dict) -> float:
         """Push ``state_dict`` into the engine (collective group, else the object store); returns seconds."""
         t = time.perf_counter()
-        sd = {k: v.detach() for k, v in state_dict.items()}
+        sd = state_dict if isinstance(state_dict, RolloutWeights) else {k: v.detach() for k, v in state_dict.items()}
         try:
             self._push(sd)
         except self.ray.exceptions.RayActorError:        # the engine died during the push: a fresh one, these weights
@@ -248,7 +253,10 @@ class LeasedEngine:
         self._push_object_store(sd)
 
     def _push_object_store(self, sd: dict) -> None:
-        cpu = {k: v.to("cpu", copy=False).contiguous() for k, v in sd.items()}
+        if isinstance(sd, RolloutWeights):                 # bucket by bucket onto the CPU, in the wire dtype
+            cpu = sd.materialize("cpu")
+        else:
+            cpu = {k: v.to("cpu", copy=False).contiguous() for k, v in sd.items()}
         self._last, self._snapshot = self.ray.put(cpu), None
         self.ray.get(self.actor.load_weights.remote(self._last))
         self.last_sync = {"path": "object_store", "bytes": sum(v.numel() * v.element_size() for v in cpu.values())}
@@ -271,8 +279,9 @@ class LeasedEngine:
 
     # -------------------------------------------------------------------------------- the collective path
     def _choose_transport(self) -> str:
-        """nccl / gloo / object_store for this lease (``rollout.transport.choose_transport``); a shared GPU falls
-        back to the object store here, named in ``describe()`` (the manifest) and the log."""
+        """nccl / gloo / cuda_ipc / object_store for this lease (``rollout.transport.choose_transport``), named in
+        ``describe()`` (the manifest) and one log line; the object store, when chosen for a collective lease, is a
+        fallback and says why."""
         import torch.distributed as dist
 
         from core.where import where
@@ -282,21 +291,27 @@ class LeasedEngine:
         here = where()
         learner = Side.of(here, on_cpu=False) if use_cuda() else Side(here.get("ip"))
         engine = Side.of(self.info.get("where"), on_cpu=self.info.get("on_cpu", True))
-        transport, why = choose_transport(self.weight_sync, learner, engine, nccl=dist.is_nccl_available())
+        transport, why = choose_transport(self.weight_sync, learner, engine, nccl=dist.is_nccl_available(),
+                                          ipc=True)
         if transport == "object_store" and self.collective:
             self._fall_back(why)
+        else:
+            log.info(f"[{self.who}] weight sync: {transport} ({why})")
         return transport
 
     def _backend(self) -> str:
-        return "nccl" if self.transport == "nccl" else "gloo"
+        return self.transport if self.transport in ("nccl", "cuda_ipc") else "gloo"
 
     def _form(self) -> None:
         """Form the lease's group: open the store here, have the engine join (asynchronously), join ourselves."""
         from ray.util import get_node_ip_address
 
-        from .weight_sync import WeightSender
+        from .weight_sync import IpcSender, WeightSender
 
-        sender = WeightSender(get_node_ip_address(), self._backend(), self.form_timeout_s, self.sync_timeout_s)
+        if self._backend() == "cuda_ipc":
+            sender = IpcSender(timeout_s=self.form_timeout_s, sync_timeout_s=self.sync_timeout_s)
+        else:
+            sender = WeightSender(get_node_ip_address(), self._backend(), self.form_timeout_s, self.sync_timeout_s)
         ref = self.actor.sync_join.remote(**sender.join_args())
         try:
             sender.connect()
@@ -328,11 +343,13 @@ class LeasedEngine:
             raise
 
     def _push_collective(self, sd: dict) -> None:
-        from .weight_sync import plan_buckets
+        from .weight_sync import plan_for
 
         if self._sender is None:
             self._form()
-        plan = plan_buckets(sd, self.bucket_bytes)
+        plan = plan_for(sd, self.bucket_bytes, self.engine_dtype)
+        if self._sender.backend == "cuda_ipc":
+            return self._push_ipc(plan, sd)
         ref = self.actor.sync_receive.remote(plan)            # the engine posts its receives first
         try:
             flats = self._sender.send(plan, sd, keep=True)
@@ -347,6 +364,20 @@ class LeasedEngine:
             raise
         self._snapshot, self._last = (plan, flats), None
         self.last_sync = {"path": "collective", "backend": self._sender.backend, "bytes": plan.nbytes,
+                          "buckets": len(plan.buckets), **info}
+
+    def _push_ipc(self, plan, sd) -> None:
+        """CUDA IPC: export every bucket, hand the engine the handles, wait for its acknowledgement (the reload
+        done), then free the buckets (keeping their CPU copies for a replaced engine)."""
+        ipc_plan = self._sender.share(plan, sd)               # SyncError: nothing exported, the lease falls back
+        try:
+            info = self._outcome(self.actor.sync_receive.remote(ipc_plan), self.sync_timeout_s + 600)
+        except BaseException:
+            self._sender.release(keep=False)                  # (after a timeout the engine may still read them:
+            raise                                             #  ipc_collect frees a block only once it let go)
+        flats = self._sender.release(keep=True)
+        self._snapshot, self._last = (plan, flats), None
+        self.last_sync = {"path": "collective", "backend": "cuda_ipc", "bytes": plan.nbytes,
                           "buckets": len(plan.buckets), **info}
 
     def _drop_group(self, tell_engine: bool = True) -> None:

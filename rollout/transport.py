@@ -6,11 +6,12 @@
 * ``object_store``: forced by ``fleet.weight_sync: object_store``; also the fallback below.
 * ``gloo``: either side has no GPU (Ray gave it none), or this torch has no NCCL.
 * ``nccl``: both sides have GPUs and none is shared.
-* learner and engine on the **same GPU** (fractional GPUs on one node: the smoke recipe's 0.5 + 0.5): NCCL refuses
-  two ranks on one device ("Duplicate GPU detected", ``ncclInvalidUsage``; NVIDIA/nccl#418), so never ``nccl``.
-  The route there is CUDA IPC (vLLM 0.32's ``ipc`` weight-transfer backend, or the same ``reduce_tensor`` handles,
-  which ``bench/gpu_first_check.py`` checks on a GPU); this project does not implement it yet, so the lease uses the
-  object store and says why (the stage's manifest: ``rollout.weight_sync_fallback``, and one warning in its log).
+* ``cuda_ipc``: learner and engine on the **same GPU** (fractional GPUs on one node: the smoke recipe's 0.5 + 0.5):
+  NCCL refuses two ranks on one device ("Duplicate GPU detected", ``ncclInvalidUsage``; NVIDIA/nccl#418), so never
+  ``nccl``. The buckets go by CUDA IPC handles (``rollout.weight_sync.IpcSender`` / ``IpcReceiver``: the
+  ``reduce_tensor`` handles vLLM 0.32's ``ipc`` weight-transfer backend uses, keyed by the GPU's UUID). Called with
+  ``ipc=False`` (a caller without the IPC path) the shared GPU gets the object store, named as a fallback (the
+  stage's manifest: ``rollout.weight_sync_fallback``, and one warning in its log).
 
 GPU ids are the ids Ray gives each process (``ray.get_gpu_ids()``, ``core.where.where()["gpu_ids"]``): physical ids
 on that node, so two processes share a GPU exactly when they are on one node and their ids overlap.
@@ -47,7 +48,8 @@ def shared_gpus(a: Side, b: Side) -> list[str]:
 
 def choose_transport(mode: str, learner: Side, engine: Side, nccl: bool, ipc: bool = False) -> tuple[str, str]:
     """``(transport, why)``: one of ``TRANSPORTS`` and a line saying why (see the module docstring). ``mode`` is the
-    fleet's ``weight_sync``; ``nccl``: this torch has NCCL; ``ipc``: a CUDA IPC path is implemented."""
+    fleet's ``weight_sync``; ``nccl``: this torch has NCCL; ``ipc``: the caller has the CUDA IPC path (the lease
+    does)."""
     if mode == "object_store":
         return "object_store", "fleet.weight_sync: object_store"
     if mode != "collective":
@@ -60,8 +62,8 @@ def choose_transport(mode: str, learner: Side, engine: Side, nccl: bool, ipc: bo
         on = f"GPU {','.join(shared)}" + (f" of {learner.node}" if learner.node else "")
         if ipc:
             return "cuda_ipc", f"learner and engine share {on}"
-        return "object_store", (f"learner and engine share {on}: NCCL refuses two ranks on one GPU and the CUDA IPC "
-                                f"path is not implemented; weights go through the object store")
+        return "object_store", (f"learner and engine share {on}: NCCL refuses two ranks on one GPU and CUDA IPC "
+                                f"is off; weights go through the object store")
     if not nccl:
         return "gloo", "this torch has no NCCL"
     return "nccl", (f"learner GPU {','.join(learner.gpus)}, engine GPU {','.join(engine.gpus)}"

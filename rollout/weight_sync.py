@@ -81,24 +81,36 @@ class Bucket:
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """What the receiver needs to rebuild the state dict: its names in order and the buckets. Small (no data)."""
+    """What the receiver needs to rebuild the state dict: its names in order and the buckets. Small (no data).
+    ``cast_to``: the engine's dtype (``float32`` / ``bfloat16``): the receiver casts floating tensors to it (None:
+    kept as they travelled)."""
     names: tuple[str, ...]
     buckets: tuple[Bucket, ...]
+    cast_to: str | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.buckets)
 
 
-def plan_buckets(tensors: Mapping[str, torch.Tensor], bucket_bytes: int) -> SyncPlan:
-    """Group ``tensors`` by dtype (in order of first appearance), then greedily into buckets of at most
-    ``bucket_bytes`` bytes, keeping the state dict's order within a dtype. A tensor larger than ``bucket_bytes``
-    gets a bucket of its own (tensors are never split)."""
+def wire_dtype_of(t: torch.Tensor | torch.dtype, wire_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a tensor travels in: ``wire_dtype`` for floating tensors when given (the learner's training dtype:
+    bf16 for a bf16 learner, never an upcast to fp32), else its own."""
+    dt = t if isinstance(t, torch.dtype) else t.dtype
+    return wire_dtype if wire_dtype is not None and dt.is_floating_point else dt
+
+
+def plan_buckets(tensors: Mapping[str, torch.Tensor], bucket_bytes: int,
+                 wire_dtype: torch.dtype | None = None) -> SyncPlan:
+    """Group ``tensors`` by the dtype they travel in (``wire_dtype_of``; in order of first appearance), then greedily
+    into buckets of at most ``bucket_bytes`` bytes, keeping the state dict's order within a dtype. A tensor larger
+    than ``bucket_bytes`` gets a bucket of its own (tensors are never split). Only shapes and dtypes are read:
+    ``tensors`` may be meta tensors (``RolloutWeights.plan``)."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     by_dtype: dict[str, list[tuple[str, torch.Tensor]]] = {}
     for name, t in tensors.items():
-        by_dtype.setdefault(dtype_name(t.dtype), []).append((name, t))
+        by_dtype.setdefault(dtype_name(wire_dtype_of(t, wire_dtype)), []).append((name, t))
     buckets: list[Bucket] = []
     for dt, items in by_dtype.items():
         size = torch.empty((), dtype=to_dtype(dt)).element_size()
@@ -119,13 +131,16 @@ def plan_buckets(tensors: Mapping[str, torch.Tensor], bucket_bytes: int) -> Sync
 def flatten_bucket(bucket: Bucket, tensors: Mapping[str, torch.Tensor],
                    device: torch.device | str | None = None) -> torch.Tensor:
     """The bucket's tensors, flattened into one new 1-D buffer of its dtype (a copy: later changes to ``tensors``
-    do not reach it) on ``device`` (default: the first tensor's)."""
+    do not reach it) on ``device`` (default: the first tensor's). A floating tensor is cast to the bucket's
+    floating dtype (the wire dtype, ``plan_buckets``); any other mismatch is a ValueError."""
     dt = to_dtype(bucket.dtype)
     parts = [tensors[m.name].detach().reshape(-1) for m in bucket.tensors]
     if device is None:
         device = parts[0].device if parts else "cpu"
     device = torch.device(device)
-    for m, p in zip(bucket.tensors, parts):
+    for i, (m, p) in enumerate(zip(bucket.tensors, parts)):
+        if p.dtype != dt and p.dtype.is_floating_point and dt.is_floating_point and p.numel() == m.numel:
+            parts[i] = p = p.to(device).to(dt)       # on the target device first: the cast runs there
         if p.dtype != dt or p.numel() != m.numel:
             raise ValueError(f"{m.name}: {p.dtype} x {p.numel()} does not match the plan ({dt} x {m.numel})")
     if len({p.device for p in parts}) > 1:
@@ -150,6 +165,95 @@ def unflatten(plan: SyncPlan, flats: Iterable[torch.Tensor]) -> dict[str, torch.
     for bucket, flat in zip(plan.buckets, flats, strict=True):
         got.update(unflatten_bucket(bucket, flat))
     return {name: got[name] for name in plan.names}
+
+
+def cast_floating(tensors: dict[str, torch.Tensor], dtype: str | None) -> dict[str, torch.Tensor]:
+    """The receiver's side of the wire dtype: floating tensors cast to the engine's ``dtype`` (a no-op view where
+    they already are in it), the others as they are."""
+    if dtype is None:
+        return tensors
+    dt = to_dtype(dtype)
+    return {k: v.to(dt) if v.dtype.is_floating_point else v for k, v in tensors.items()}
+
+
+class RolloutWeights(Mapping):
+    """The weights a learner pushes to an engine, gathered one bucket at a time.
+
+    ``meta``: name -> (full shape, dtype as stored), in state-dict order; ``gather(names)`` -> those tensors, whole
+    (under ZeRO-3 a collective every learner rank joins, for exactly those parameters; rank 0 returns them);
+    ``wire_dtype``: floating tensors travel in it (the learner's training dtype; None: as stored). The lease's
+    transports plan buckets from ``meta`` (``plan``) and gather bucket by bucket while they send, so at most one
+    bucket is gathered at a time. As a plain ``Mapping`` (an in-process engine's ``load_state_dict``) it gathers the
+    bucket that holds the key asked for and keeps only that one; values are as stored (no wire there)."""
+
+    def __init__(self, meta: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 gather, wire_dtype: torch.dtype | None = None, bucket_bytes: int = DEFAULT_BUCKET_MB * 2**20):
+        self.meta = dict(meta)
+        self._gather = gather
+        self.wire_dtype = wire_dtype
+        self.bucket_bytes = bucket_bytes
+        self._index: dict[str, Bucket] | None = None
+        self._held: tuple[Bucket | None, dict[str, torch.Tensor]] = (None, {})
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, torch.Tensor], wire_dtype: torch.dtype | None = None) -> "RolloutWeights":
+        """Over tensors already whole (a learner without ZeRO-3): ``gather`` is a look-up, no copy."""
+        tensors = {k: v.detach() for k, v in tensors.items()}
+        return cls({k: (tuple(v.shape), v.dtype) for k, v in tensors.items()},
+                   lambda names: {n: tensors[n] for n in names}, wire_dtype)
+
+    def plan(self, bucket_bytes: int, cast_to: str | None = None) -> SyncPlan:
+        """The buckets this push travels in (names, shapes, wire dtypes; no data is gathered)."""
+        metas = {k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in self.meta.items()}
+        plan = plan_buckets(metas, bucket_bytes, self.wire_dtype)
+        return plan if cast_to is None else SyncPlan(plan.names, plan.buckets, cast_to)
+
+    def gather(self, names) -> dict[str, torch.Tensor]:
+        self._held = (None, {})                   # what a Mapping access held goes first: one bucket at a time
+        return self._gather(list(names))
+
+    def materialize(self, device="cpu", wire: bool = True) -> dict[str, torch.Tensor]:
+        """Every tensor on ``device`` (in the wire dtype when ``wire``), gathered bucket by bucket."""
+        out: dict[str, torch.Tensor] = {}
+        for bucket in self.plan(self.bucket_bytes).buckets:
+            got = self.gather([m.name for m in bucket.tensors])
+            for m in bucket.tensors:
+                v = got[m.name]
+                out[m.name] = v.to(device, wire_dtype_of(v, self.wire_dtype if wire else None)).contiguous()
+        return {k: out[k] for k in self.meta}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.meta:
+            raise KeyError(name)
+        bucket, got = self._held
+        if name not in got:
+            if self._index is None:
+                self._index = {m.name: b for b in self.plan(self.bucket_bytes).buckets for m in b.tensors}
+            bucket = self._index[name]
+            got = self.gather([m.name for m in bucket.tensors])
+            self._held = (bucket, got)
+        return got[name]
+
+    def __iter__(self):
+        return iter(self.meta)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def bucket_tensors(source: Mapping[str, torch.Tensor], bucket: Bucket) -> Mapping[str, torch.Tensor]:
+    """The tensors of one bucket: gathered now from a ``RolloutWeights``, looked up in a plain dict."""
+    if isinstance(source, RolloutWeights):
+        return source.gather([m.name for m in bucket.tensors])
+    return source
+
+
+def plan_for(source: Mapping[str, torch.Tensor], bucket_bytes: int, cast_to: str | None = None) -> SyncPlan:
+    """The plan of a push: from a ``RolloutWeights``' meta (its wire dtype), or from a plain state dict."""
+    if isinstance(source, RolloutWeights):
+        return source.plan(bucket_bytes, cast_to)
+    plan = plan_buckets(source, bucket_bytes)
+    return plan if cast_to is None else SyncPlan(plan.names, plan.buckets, cast_to)
 
 
 def _as_bytes(flat: torch.Tensor) -> torch.Tensor:
@@ -271,7 +375,8 @@ class WeightSender(_Side):
 
     def send(self, plan: SyncPlan, tensors: Mapping[str, torch.Tensor], keep: bool = True,
              window: int = 2) -> list[torch.Tensor] | None:
-        """Broadcast every bucket of ``plan`` from ``tensors``, flattened on this side's device, with ``window``
+        """Broadcast every bucket of ``plan`` from ``tensors`` (a ``RolloutWeights``: each bucket gathered just
+        before it is flattened), flattened on this side's device in the bucket's (wire) dtype, with ``window``
         broadcasts in flight (flattening the next bucket overlaps the transfer of the previous one). ``keep``:
         return the flat buckets on the CPU, a snapshot of what was sent (on the CPU backend the buffers themselves,
         no extra copy; on a GPU each bucket is copied to the CPU once its broadcast is done, so at most ``window``
@@ -289,7 +394,7 @@ class WeightSender(_Side):
 
         try:
             for bucket in plan.buckets:
-                flat = flatten_bucket(bucket, tensors, self.device)
+                flat = flatten_bucket(bucket, bucket_tensors(tensors, bucket), self.device)
                 inflight.append((self._broadcast(_as_bytes(flat)) if flat.numel() else None, flat))
                 while len(inflight) >= window:
                     done(*inflight.pop(0))
@@ -304,9 +409,16 @@ class WeightSender(_Side):
 
 
 class WeightReceiver(_Side):
-    """Rank 1 (the engine actor): joins the sender's store and group; ``receive(plan)`` rebuilds the state dict."""
+    """Rank 1 (the engine actor): joins the sender's store and group; ``receive(plan)`` rebuilds the state dict.
+    ``backend="cuda_ipc"`` gives an ``IpcReceiver`` (no group: the engine's ``sync_join`` makes either)."""
 
     rank = 1
+
+    def __new__(cls, *args, **kwargs):
+        backend = kwargs.get("backend", args[3] if len(args) > 3 else "gloo")
+        if cls is WeightReceiver and backend == "cuda_ipc":
+            cls = IpcReceiver
+        return super().__new__(cls)
 
     def __init__(self, address: str, port: int, token: str, backend: str = "gloo",
                  timeout_s: float = FORM_TIMEOUT_S, sync_timeout_s: float = SYNC_TIMEOUT_S,
@@ -342,4 +454,137 @@ class WeightReceiver(_Side):
         except Exception as e:  # noqa: BLE001
             raise SyncError(f"weight-sync receive failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") \
                 from e
-        return unflatten(plan, flats)
+        return cast_floating(unflatten(plan, flats), plan.cast_to)
+
+
+# ------------------------------------------------------------------------------------------------- CUDA IPC
+# Learner and engine on one GPU (NCCL refuses two ranks on one device): the learner flattens each bucket on its GPU
+# and exports it with ``torch.multiprocessing.reductions.reduce_tensor``; only the handles (a few hundred bytes per
+# bucket) travel, as the plan of the engine's ``sync_receive``; the engine opens them on its device
+# (``rebuild_cuda_tensor``), casts to its dtype and reloads; the call's return is the acknowledgement, after which
+# the learner drops the buckets and ``torch.cuda.ipc_collect()`` lets the allocator reuse them. The handle layout is
+# vLLM 0.32's ``ipc`` weight-transfer backend's (``vllm/distributed/weight_transfer/ipc_engine.py``): a dict from
+# the physical GPU's UUID to ``reduce_tensor``'s rebuild arguments, argument 6 (the device index, which depends on
+# each process's CUDA_VISIBLE_DEVICES) replaced by the receiver's own. vLLM's engine class itself is not used: it
+# loads through ``model.load_weights`` under a layerwise reload started by ``LLM.start_weight_update``, not through
+# the engine's ``load_weights`` (checkpoint names of fused experts, FP4 packing, route capture re-bound).
+_IPC_DEVICE_ARG = 6              # reduce_tensor(cuda tensor)[1][6]: the device index
+
+
+def _ipc_device(device=None) -> torch.device:
+    """This process's CUDA device (the one Ray's CUDA_VISIBLE_DEVICES left as current), or ``device``."""
+    return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def _ipc_device_index(device: torch.device) -> int:
+    """The index a handle is opened on in this process (vLLM's ipc engine: ``self.device.index``)."""
+    return device.index or 0
+
+
+def gpu_uuid(device: torch.device) -> str:
+    """The physical GPU's UUID (the same in every process, whatever its CUDA_VISIBLE_DEVICES)."""
+    return str(torch.cuda.get_device_properties(device.index or 0).uuid)
+
+
+@dataclass(frozen=True)
+class IpcPlan(SyncPlan):
+    """A ``SyncPlan`` with one CUDA IPC handle per bucket (``{gpu uuid: rebuild args}``, None for an empty one)."""
+    handles: tuple[dict | None, ...] = ()
+
+
+class IpcSender:
+    """The learner's side of a CUDA IPC sync: ``share(plan, tensors)`` flattens every bucket on ``device`` (the
+    learner's GPU), exports it and returns the ``IpcPlan``; the buckets stay alive until ``release()``, which the
+    lease calls once the engine has acknowledged (its ``sync_receive`` returned). The whole push is in flight at
+    once (the engine reloads it in one call): one copy of the weights in the wire dtype on the GPU meanwhile."""
+
+    backend = "cuda_ipc"
+
+    def __init__(self, device=None, timeout_s: float = FORM_TIMEOUT_S, sync_timeout_s: float = SYNC_TIMEOUT_S):
+        self.device = _ipc_device(device)
+        self.timeout_s, self.sync_timeout_s = timeout_s, sync_timeout_s
+        self.token = uuid.uuid4().hex
+        self._held: list[torch.Tensor] = []
+
+    def join_args(self) -> dict:
+        """The engine's ``sync_join`` arguments (no store, no address: nothing to rendezvous)."""
+        return {"address": "", "port": 0, "token": self.token, "backend": self.backend,
+                "timeout_s": self.timeout_s, "sync_timeout_s": self.sync_timeout_s}
+
+    def connect(self) -> None:
+        """Nothing to form."""
+
+    def share(self, plan: SyncPlan, tensors: Mapping[str, torch.Tensor]) -> IpcPlan:
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        self.release(keep=False)
+        try:
+            uid = gpu_uuid(self.device)
+            handles: list[dict | None] = []
+            for bucket in plan.buckets:
+                flat = flatten_bucket(bucket, bucket_tensors(tensors, bucket), self.device)
+                self._held.append(flat)
+                handles.append({uid: tuple(reduce_tensor(flat)[1])} if flat.numel() else None)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()   # the engine reads finished buckets
+        except Exception as e:  # noqa: BLE001 -- no handle, no IPC: the lease falls back
+            self.release(keep=False)
+            raise SyncError(f"CUDA IPC export failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+        return IpcPlan(plan.names, plan.buckets, plan.cast_to, tuple(handles))
+
+    def release(self, keep: bool = True) -> list[torch.Tensor] | None:
+        """Drop the shared buckets (after the engine's acknowledgement); ``keep``: their CPU copies first (the
+        lease's snapshot for a replaced engine)."""
+        held, self._held = self._held, []
+        kept = [f.to("cpu") for f in held] if keep else None
+        del held
+        if self.device.type == "cuda":
+            torch.cuda.ipc_collect()        # blocks the engine has let go of go back to the allocator
+        return kept
+
+    def close(self) -> None:
+        self.release(keep=False)
+
+
+class IpcReceiver(WeightReceiver):
+    """The engine's side: ``receive(IpcPlan)`` opens each bucket's handle on this process's device (the GPU whose
+    UUID the handle names; another GPU is a ``SyncError``, and the lease falls back), rebuilds the tensors as views
+    of the learner's buffers and casts them to the engine's dtype. The views are valid until the caller returns
+    (the learner frees the buckets only after that acknowledgement)."""
+
+    def __init__(self, address: str = "", port: int = 0, token: str = "", backend: str = "cuda_ipc",
+                 timeout_s: float = FORM_TIMEOUT_S, sync_timeout_s: float = SYNC_TIMEOUT_S,
+                 own_address: str | None = None, device=None):
+        self.backend = "cuda_ipc"
+        self.device = _ipc_device(device)
+        self.form_timeout = timedelta(seconds=timeout_s)
+        self.timeout = timedelta(seconds=sync_timeout_s)
+        self.open = True
+
+    def receive(self, plan: SyncPlan) -> dict[str, torch.Tensor]:
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+        if not self.open:
+            raise SyncError("the weight-sync receiver is closed")
+        if not isinstance(plan, IpcPlan) or len(plan.handles) != len(plan.buckets):
+            raise SyncError("a CUDA IPC receiver needs an IpcPlan with one handle per bucket")
+        try:
+            uid = gpu_uuid(self.device)
+            flats = []
+            for bucket, handle in zip(plan.buckets, plan.handles):
+                if handle is None:
+                    flats.append(torch.empty(0, dtype=to_dtype(bucket.dtype), device=self.device))
+                    continue
+                if uid not in handle:
+                    raise SyncError(f"the learner's bucket is on GPU {', '.join(handle)}, this engine on {uid}")
+                args = list(handle[uid])
+                args[_IPC_DEVICE_ARG] = _ipc_device_index(self.device)
+                flats.append(rebuild_cuda_tensor(*args))
+        except SyncError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise SyncError(f"CUDA IPC import failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+        return cast_floating(unflatten(plan, flats), plan.cast_to)
+
+    def close(self) -> None:
+        self.open = False

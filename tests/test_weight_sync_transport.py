@@ -1,5 +1,8 @@
 """The weight-sync transport by placement (rollout.transport): NCCL between GPUs, gloo on CPU, never NCCL on one
-shared GPU (NCCL refuses two ranks on one device) -- there the lease falls back to the object store and says so."""
+shared GPU (NCCL refuses two ranks on one device) -- there the lease uses CUDA IPC and says so; the object store only
+where the caller has no IPC path, named as a fallback."""
+import logging
+
 import pytest
 
 from rollout.transport import Side, choose_transport
@@ -13,9 +16,9 @@ TABLE = [
     ("collective", Side(A, ("0",)), Side(A, ("1",)), True, "nccl"),                  # two GPUs, one node
     ("collective", Side(A, ("0",)), Side(B, ("0",)), True, "nccl"),                  # same id, other node
     ("collective", Side(A, ("0", "1")), Side(A, ("2", "3")), True, "nccl"),
-    ("collective", Side(A, ("0",)), Side(A, ("0",)), True, "object_store"),          # 0.5 + 0.5 of GPU 0
-    ("collective", Side(A, ("0", "1")), Side(A, ("1",)), True, "object_store"),      # overlap
-    ("collective", Side(None, ("0",)), Side(A, ("0",)), True, "object_store"),       # node unknown: assume same
+    ("collective", Side(A, ("0",)), Side(A, ("0",)), True, "cuda_ipc"),              # 0.5 + 0.5 of GPU 0
+    ("collective", Side(A, ("0", "1")), Side(A, ("1",)), True, "cuda_ipc"),          # overlap
+    ("collective", Side(None, ("0",)), Side(A, ("0",)), True, "cuda_ipc"),           # node unknown: assume same
     ("collective", Side(A, ("?",)), Side(A, ("?",)), True, "nccl"),                  # ids unknown: as before
     ("collective", Side(A, ("0",)), Side(A, ("1",)), False, "gloo"),                 # no NCCL in this torch
     ("object_store", Side(A, ("0",)), Side(A, ("1",)), True, "object_store"),        # forced
@@ -25,14 +28,15 @@ TABLE = [
 
 @pytest.mark.parametrize("mode, learner, engine, nccl, expected", TABLE)
 def test_transport_table(mode, learner, engine, nccl, expected):
-    transport, why = choose_transport(mode, learner, engine, nccl)
+    transport, why = choose_transport(mode, learner, engine, nccl, ipc=True)     # as the lease calls it
     assert transport == expected and why
 
 
-def test_shared_gpu_says_why_and_ipc_would_take_it():
+def test_shared_gpu_says_why_and_without_ipc_falls_back():
+    t, why = choose_transport("collective", Side(A, ("0",)), Side(A, ("0",)), nccl=True, ipc=True)
+    assert t == "cuda_ipc" and "share GPU 0" in why
     t, why = choose_transport("collective", Side(A, ("0",)), Side(A, ("0",)), nccl=True)
     assert t == "object_store" and "share GPU 0" in why and "NCCL" in why
-    assert choose_transport("collective", Side(A, ("0",)), Side(A, ("0",)), nccl=True, ipc=True)[0] == "cuda_ipc"
     with pytest.raises(ValueError):
         choose_transport("nccl", Side(A), Side(A), True)
 
@@ -64,7 +68,21 @@ def _lease(monkeypatch, engine_where, learner_ids, mode="collective"):
     return lease
 
 
-def test_lease_on_a_shared_gpu_uses_the_object_store_and_names_it(monkeypatch, caplog):
+def test_lease_on_a_shared_gpu_uses_cuda_ipc_and_names_it(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="rollout.fleet")
+    lease = _lease(monkeypatch, {"ip": A, "gpu_ids": ["0"]}, ["0"])
+    d = lease.describe()
+    assert lease.transport == "cuda_ipc" and lease._backend() == "cuda_ipc" and lease.collective
+    assert d["weight_sync"] == "collective" and d["weight_sync_transport"] == "cuda_ipc"
+    assert "weight_sync_fallback" not in d
+    assert "cuda_ipc" in caplog.text and "share GPU 0" in caplog.text
+
+
+def test_shared_gpu_without_ipc_names_the_object_store_fallback(monkeypatch, caplog):
+    import rollout.transport as transport
+
+    choose = transport.choose_transport
+    monkeypatch.setattr(transport, "choose_transport", lambda *a, **k: choose(*a, **{**k, "ipc": False}))
     lease = _lease(monkeypatch, {"ip": A, "gpu_ids": ["0"]}, ["0"])
     d = lease.describe()
     assert lease.transport == "object_store" and not lease.collective

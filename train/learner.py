@@ -275,20 +275,61 @@ class Learner:
                 return {k: v.detach().clone() for k, v in self._state_dict(model).items()}
         return self._state_dict(model)
 
-    def rollout_state_dict(self, fp4: bool) -> dict[str, torch.Tensor]:
-        """The weights a rollout engine computes with: the learner's, MXFP4-dequantized on the FP4 targets (the QAT
-        targets when QAT is on, else the model's default ones) when ``fp4``. A collective under ZeRO-3."""
-        if not fp4:
-            return self.state_dict()
-        from rollout.fp4 import quantized_state_dict
+    @property
+    def wire_dtype(self) -> torch.dtype | None:
+        """The dtype floating weights travel to an engine in: the training dtype (bf16 for a bf16 learner, whose
+        masters are fp32: never upcast on the wire); None (as stored) for an fp32 learner."""
+        return torch.bfloat16 if self.cfg.precision == "bf16" else None
 
-        if self.zero3:  # quantize the gathered full weights, not this rank's empty partition placeholders
-            import deepspeed
+    def rollout_state_dict(self, fp4: bool):
+        """The weights a rollout engine computes with (a ``rollout.weight_sync.RolloutWeights``): the learner's,
+        MXFP4-dequantized on the FP4 targets (the QAT targets when QAT is on, else the model's default ones) when
+        ``fp4``, with the learner's ``wire_dtype``. Nothing is gathered here: under ZeRO-3 each bucket is gathered
+        when the push sends it (``rollout_gather``, a collective every rank joins), one bucket at a time."""
+        from rollout.weight_sync import RolloutWeights
 
-            model = self.unwrapped
-            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-                return {k: v.detach().clone() for k, v in quantized_state_dict(model).items()}
-        return quantized_state_dict(self.unwrapped)
+        if not self.zero3:
+            if fp4:
+                from rollout.fp4 import quantized_state_dict
+
+                return RolloutWeights.of(quantized_state_dict(self.unwrapped), self.wire_dtype)
+            return RolloutWeights.of(self._state_dict(self.unwrapped), self.wire_dtype)
+        live, _ = self._zero3_live(fp4)
+        meta = {k: (tuple(getattr(v, "ds_shape", v.shape)), v.dtype) for k, v in live.items()}
+        return RolloutWeights(meta, lambda names: self.rollout_gather(fp4, names), self.wire_dtype)
+
+    def _zero3_live(self, fp4: bool) -> tuple[dict, set]:
+        """Under ZeRO-3: clean name -> the live parameter or buffer (partitioned parameters are 0-element
+        placeholders with ``ds_shape``), and the FP4 targets' names when ``fp4`` (chosen by name: the shapes are
+        not there to check until a gather)."""
+        from rollout.fp4 import clean_param_name, default_patterns, is_qat_enabled, qat_targets
+
+        model = self.unwrapped
+        live = {clean_param_name(k): v for k, v in model.state_dict(keep_vars=True).items()}
+        targets: set = set()
+        if fp4:
+            if is_qat_enabled(model):
+                targets = set(qat_targets(model))
+            else:
+                pats = [re.compile(p) for p in default_patterns(model)]
+                targets = {k for k in live if any(p.search(k) for p in pats)}
+        return live, targets
+
+    @torch.no_grad()
+    def rollout_gather(self, fp4: bool, names: list[str]) -> dict[str, torch.Tensor]:
+        """Under ZeRO-3: the whole tensors of ``names`` (one bucket), copied out of a gather of exactly their
+        parameters (a collective: every rank calls it with the same names), MXFP4-dequantized on the FP4 targets
+        when ``fp4``. Without ZeRO-3: the same tensors, no collective."""
+        if not self.zero3:
+            return self.rollout_state_dict(fp4).gather(names)
+        import deepspeed
+
+        from rollout.fp4 import _qdq
+
+        live, targets = self._zero3_live(fp4)
+        params = list({id(live[n]): live[n] for n in names if hasattr(live[n], "ds_id")}.values())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {n: (_qdq(live[n].detach()) if n in targets else live[n].detach().clone()) for n in names}
 
     def _state_dict(self, model) -> dict[str, torch.Tensor]:
         if self.cfg.qat == "mxfp4":

@@ -134,9 +134,10 @@ class RankWorker:
         sd = self.learner.state_dict()        # a collective under ZeRO-3
         return None if self.remote else sd    # rank 0's copy is the one returned
 
-    def rollout_state_dict(self, fp4: bool) -> dict | None:
-        sd = self.learner.rollout_state_dict(fp4)
-        return None if self.remote else sd
+    def rollout_gather(self, fp4: bool, names: list[str]) -> dict | None:
+        """One bucket of the weight push (a collective under ZeRO-3); only rank 0's copy is kept and returned."""
+        out = self.learner.rollout_gather(fp4, names)
+        return None if self.remote else out
 
     def save_pretrained(self, folder: str, tokenizer=None) -> None:
         self.learner.save_pretrained(Path(folder), tokenizer if self.rank == 0 else None)  # rank 0 writes

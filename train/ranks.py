@@ -20,9 +20,10 @@ unchanged. N > 1 ranks give a ``LearnerGroup`` with the same interface the drive
 * ``map(fn, micro_batches)``: no-grad forwards (π_old, reference log-probs), split the same way; the results come
   back in order, on rank 0's device.
 * ``save`` / ``load``: every rank writes / reads the same checkpoint folder (the run directory is shared storage):
-  DeepSpeed shards per rank; otherwise rank 0 writes the replicated weights and optimizer. ``state_dict``,
-  ``rollout_state_dict`` and ``save_pretrained`` gather the full weights (a collective every rank joins); rank 0's
-  copy is returned / written.
+  DeepSpeed shards per rank; otherwise rank 0 writes the replicated weights and optimizer. ``state_dict`` and
+  ``save_pretrained`` gather the full weights (a collective every rank joins); rank 0's copy is returned / written.
+  ``rollout_state_dict`` gathers nothing up front: under ZeRO-3 the push gathers one bucket at a time on every rank
+  and sends rank 0's copy.
 
 Functions sent to the ranks (``loss_fn``, ``fn``) travel to the actors by Ray (cloudpickle), once per call: they
 must not capture the rank-0 model or learner (each rank passes its own model as the first argument), nor tensors on
@@ -256,8 +257,17 @@ class LearnerGroup:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._same("state_dict")[0]
 
-    def rollout_state_dict(self, fp4: bool) -> dict[str, torch.Tensor]:
-        return self._same("rollout_state_dict", fp4)[0]
+    def rollout_state_dict(self, fp4: bool):
+        """Rank 0's ``RolloutWeights``. Without ZeRO-3 every rank holds the whole weights: rank 0 alone serves
+        them. Under ZeRO-3 each bucket's gather runs on every rank (``rollout_gather``, only those parameters) and
+        only rank 0's copy comes back: the push sends from rank 0 alone, one bucket at a time."""
+        from rollout.weight_sync import RolloutWeights
+
+        local = self.local.learner.rollout_state_dict(fp4)
+        if not self.local.learner.zero3:
+            return local
+        return RolloutWeights(local.meta, lambda names: self._same("rollout_gather", fp4, list(names))[0],
+                              local.wire_dtype)
 
     def save_pretrained(self, folder: Path, tokenizer=None) -> None:
         self._all("save_pretrained", [(str(folder), None)] * len(self.actors), (str(folder), tokenizer))
