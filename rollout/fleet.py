@@ -296,7 +296,7 @@ class LeasedEngine:
         if transport == "object_store" and self.collective:
             self._fall_back(why)
         else:
-            log.info(f"[{self.who}] weight sync: {transport} ({why})")
+            log.info(f"[{getattr(self, 'who', 'lease')}] weight sync: {transport} ({why})")
         return transport
 
     def _backend(self) -> str:
