@@ -49,8 +49,8 @@ def wall(run: Path, mans: dict) -> None:
               f"served {f.get('served')}")
 
 
-def grpo(val: dict) -> None:
-    print("\n## GRPO against its SFT start and the reward-free control (held-out reward_mean, 95% intervals)\n")
+def grpo(val: dict, metric: str = "reward_mean") -> None:
+    print(f"\n## GRPO against its SFT start and the reward-free control (held-out {metric}, 95% intervals)\n")
     base = any(k[0] == "base" for k in val)          # the specialists' own start, when the run has a base stage
     print("| domain | mode | " + ("base | " if base else "") + "SFT | GRPO | control.entropy | SFT greedy | GRPO greedy | "
           "control greedy |")
@@ -58,18 +58,41 @@ def grpo(val: dict) -> None:
     wins = beats = n = 0
     for d in DOMAINS:
         for x in MODES:
-            s, g = val.get((f"sft.{d}", d, x, "reward_mean")), val.get((f"grpo.{d}.{x}", d, x, "reward_mean"))
-            c = val.get((f"control.entropy.{d}.{x}", d, x, "reward_mean"))
+            s, g = val.get((f"sft.{d}", d, x, metric)), val.get((f"grpo.{d}.{x}", d, x, metric))
+            c = val.get((f"control.entropy.{d}.{x}", d, x, metric))
             if s is None or g is None:
                 continue
             n += 1
             wins += g["value"] > s["value"]
             beats += c is not None and g["value"] > c["value"]
-            gr = [val.get((m, d, x, "reward_mean_greedy")) for m in (f"sft.{d}", f"grpo.{d}.{x}",
+            gr = [val.get((m, d, x, f"{metric}_greedy")) for m in (f"sft.{d}", f"grpo.{d}.{x}",
                                                                       f"control.entropy.{d}.{x}")]
-            b = f"{_v(val.get(('base', d, x, 'reward_mean')))} | " if base else ""
+            b = f"{_v(val.get(('base', d, x, metric)))} | " if base else ""
             print(f"| {d} | {x} | {b}{_v(s)} | {_v(g)} | {_v(c)} | " + " | ".join(_v(r, False) for r in gr) + " |")
     print(f"\nGRPO > SFT in {wins}/{n} cells; GRPO > control.entropy in {beats}/{n}.")
+
+
+SUITES = {"math": ("MATH500", "math500_accuracy"), "code": ("HumanEval", "humaneval_pass@1"),
+          "agent": ("BFCL", "bfcl_accuracy"), "instruct": ("IFBench", "ifbench_accuracy")}
+
+
+def suites(val: dict) -> None:
+    """One table per benchmark: every model evaluated on its domain, a column per mode (greedy, 95% intervals)."""
+    for d, (name, metric) in SUITES.items():
+        models = sorted({k[0] for k in val if k[1] == d and k[3] == metric}, key=_order)
+        if not models:
+            continue
+        n = {k[2]: r["n"] for k, r in val.items() if k[1] == d and k[3] == metric}
+        print(f"\n## {name} ({metric}; problems per mode: "
+              + ", ".join(f"{x} {n[x]}" for x in MODES if x in n) + ")\n")
+        print("| model | " + " | ".join(MODES) + " |\n|---|" + "---|" * len(MODES))
+        for m in models:
+            print(f"| {m} | " + " | ".join(_v(val.get((m, d, x, metric))) for x in MODES) + " |")
+
+
+def _order(model: str) -> tuple:
+    first = ("bootstrap", "base", "generalist", "distill", "control.seqkd")
+    return (first.index(model), "") if model in first else (len(first), model)
 
 
 def efficacy(run: Path, rows: list[dict]) -> None:
@@ -101,6 +124,9 @@ def main(run_dir: str) -> None:
     val = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     if rows:
         grpo(val)
+        if any(k[3] == "accuracy" for k in val):
+            grpo(val, "accuracy")
+        suites(val)
         efficacy(run, rows)
 
 

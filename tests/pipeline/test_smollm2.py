@@ -34,9 +34,10 @@ def guard_recipe(tmp_path):
     r["name"] = "smollm2_guard"
     r["domains"], r["modes"] = ["math", "instruct"], ["non_think"]
     r["tasks"] = {"math": {**r["tasks"]["math"], "n_train": 8, "n_eval": 1}, "instruct": {"n_train": 8, "n_eval": 1}}
+    r["sft"].pop("per_domain", None)                  # (the recipe's math override: 80 steps)
     r["sft"].update(steps=2, batch_size=2, max_len=192, save_every=2)
     hf = {"kind": "hf", "fp4": True}
-    r["grpo"].pop("per_domain", None)                 # (the recipe's math override would take 8 steps x 8 prompts)
+    r["grpo"].pop("per_domain", None)                 # (the recipe's math override would take 6 steps x 8 prompts)
     r["grpo"].update(steps=2, prompts_per_step=2, group_size=2, minibatches=1, save_every=2, engine=hf,
                      keep_sampling_mask=False)
     r["grpo"]["shaping"]["modes"] = {"non_think": {"l_max": 24, "l_buffer": 8, "length_cost_per_token": 5.0e-4}}
