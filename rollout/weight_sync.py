@@ -17,8 +17,14 @@ joins from its own side; both construct the backend at once (``connect``), then 
   posts the matching receives into fresh buffers and rebuilds the tensors as views of them (``unflatten``), in the
   state dict's order. The engine then reloads them exactly as the object-store path does (checkpoint names, FP4
   packing on GPU, vLLM's in-place reload).
-* Errors of the transport (the group cannot be formed, a broadcast fails or times out) are ``SyncError``; the client
-  then falls back to Ray's object store for the rest of the lease.
+* What a learner pushes is a ``RolloutWeights``: names, shapes and stored dtypes up front, the tensors gathered one
+  bucket at a time while the sender flattens them (under ZeRO-3 every rank gathers only that bucket's parameters and
+  rank 0's copy alone is sent). Floating tensors travel in its ``wire_dtype`` (the learner's training dtype: bf16 for
+  a bf16 learner, never an upcast to fp32) and the receiver casts them to the engine's dtype (``SyncPlan.cast_to``).
+* On a GPU the learner and the engine share, no group is formed: ``IpcSender`` / ``IpcReceiver`` hand each bucket
+  over as a CUDA IPC handle (see "CUDA IPC" below).
+* Errors of the transport (the group cannot be formed, a broadcast fails or times out, an IPC handle cannot be
+  opened) are ``SyncError``; the client then falls back to Ray's object store for the rest of the lease.
 
 Nothing here imports Ray or vLLM: the module is used on both sides and in the tests without either.
 """
