@@ -1,7 +1,8 @@
 """The weight push under ZeRO-3, 1 learner rank and 2 (DeepSpeed's CPU accelerator, gloo, rank 1 a Ray actor): each
 bucket is gathered on its own (every rank joins that bucket's gather and only it, never two at once, never more
 bytes than a bucket), only rank 0's copy travels (rank 1 returns nothing), and what the engine side receives over a
-real gloo weight-sync group equals the learner's whole-model gather after a ZeRO-3 step, exactly."""
+real gloo weight-sync group equals the learner's whole-model gather after a ZeRO-3 step, exactly; the FP4 push equals
+``rollout.fp4.quantized_state_dict`` of an unsharded model holding those weights."""
 import json
 import os
 import subprocess
@@ -36,6 +37,19 @@ def _push(tiny_dir, tmp_path, ranks: int) -> dict:
         assert 1 <= len(c["gathers"]) <= n, c                      # at most one gather per bucket
         assert max(c["gathers"]) <= res["bucket_bytes"], c         # never more than a bucket's bytes
     assert [c["rank"] for c in res["counters"]] == list(range(ranks))
+    # the FP4 push: the MXFP4-dequantized targets of the same weights, as rollout.fp4 quantizes an unsharded model
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from rollout.fp4 import quantized_state_dict
+
+    ref, fp4 = load_file(out.with_suffix(".ref.safetensors")), load_file(out.with_suffix(".fp4.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    model.load_state_dict(ref)
+    want = quantized_state_dict(model)
+    assert fp4.keys() == want.keys() and all(torch.equal(fp4[k], want[k]) for k in want)   # (files: sorted keys)
+    assert any(not torch.equal(fp4[k], ref[k]) for k in ref)      # some targets were quantized
     return res
 
 

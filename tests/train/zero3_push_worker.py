@@ -7,7 +7,7 @@ RANKS (default 2) learner ranks (rank 1 a Ray actor, gloo, DeepSpeed's CPU accel
 no Ray) take one ZeRO-3 step; then the push: rank 0's
 ``rollout_state_dict`` planned in buckets and sent through a real gloo ``WeightSender`` to a ``WeightReceiver`` (a
 thread of this process standing in for the engine). Every rank counts its ``GatheredParameters`` calls (how many
-at once, how many bytes each); the driver records what each rank returned per bucket. Writes a JSON summary."""
+at once, how many bytes each); the driver records what each rank returned per bucket. Writes a JSON summary, and the FP4 push (read as a Mapping) and the whole-model gather beside it (safetensors).""" 
 from __future__ import annotations
 
 import json
@@ -115,6 +115,14 @@ def main(tiny_dir: str, out_file: str, ranks: int = 2) -> dict:
     t.join(120)
     sender.close()
     counters = learner.on_ranks(read_counter)
+    if ranks > 1:
+        learner._all = all_                           # the push's calls only
+    # the FP4 push read as a plain Mapping (what an in-process engine's load_state_dict does): bucket by bucket
+    from safetensors.torch import save_file
+
+    fp4 = {k: v.detach().float().contiguous() for k, v in learner.rollout_state_dict(True).items()}
+    save_file(fp4, str(Path(out_file).with_suffix(".fp4.safetensors")))
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(Path(out_file).with_suffix(".ref.safetensors")))
     received = got["sd"]
     diff = {k: float((received[k].float() - ref[k]).abs().max()) for k in ref}
     from safetensors.torch import load_file
