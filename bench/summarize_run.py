@@ -3,7 +3,7 @@ control, and the efficacy table (the student against its start, its teachers and
 
     python bench/summarize_run.py runs/think_max            # markdown to stdout
 
-Every number is a held-out row of ``eval/results.json`` (32 prompts x ``eval.samples`` per cell, the eval
+Every number is a held-out row of ``eval/results.json`` (before the eval stage has run: the complete stages' own rows) (32 prompts x ``eval.samples`` per cell, the eval
 sampler), with its 95% bootstrap interval over prompts; greedy numbers in their own columns.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ def wall(run: Path, mans: dict) -> None:
     t0 = min(starts)
     for sid, m in sorted(mans.items(), key=lambda kv: kv[1].get("started") or ""):
         st = _t(m.get("started"))
+        if st is None:                      # never started (a stage left out with --only, or not reached yet)
+            continue
         print(f"| {sid} | {m.get('status')} | +{(st - t0).total_seconds():.0f} s | {m.get('wall_s') or 0:.0f} |")
     fleet = run / "fleet.json"
     if fleet.exists():
@@ -120,7 +122,10 @@ def main(run_dir: str) -> None:
     run = Path(run_dir)
     mans = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/manifest.json")}
     wall(run, mans)
-    rows = json.loads((run / "eval" / "results.json").read_text()) if (run / "eval" / "results.json").exists() else []
+    res = run / "eval" / "results.json"
+    # before the eval stage has run: each complete stage's own held-out rows (its manifest's eval_rows)
+    rows = (json.loads(res.read_text()) if res.exists() else
+            [r for m in mans.values() if m.get("status") == "complete" for r in m.get("eval_rows") or []])
     val = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     if rows:
         grpo(val)
