@@ -206,22 +206,23 @@ def _expand_control(recipe, specs) -> list[StageSpec]:
     if recipe.grpo is None:
         raise ValueError("controls.entropy: the reward-free control copies the grpo stages, but there is no grpo "
                          "section")
-    out = _expand_grpo(recipe, specs, control=True)
-    # every advantage of the control is 0, so the entropy term is its whole loss (the KL to the start is 0 at the
-    # start and its gradient with it): at entropy_coef 0 the stage would publish its SFT start unchanged (measured on
-    # SmolLM2: grad_norm 0 at every step, held-out rows identical to sft.math's; docs/results.md)
-    idle = [s.id for s in out if s.config.grpo.entropy_coef == 0]
-    if idle:
-        raise ValueError(f"controls.entropy: grpo.entropy_coef is 0 for {idle[0]}"
-                         + (f" and {len(idle) - 1} more" if len(idle) > 1 else "")
-                         + ": with every reward 0 the control has no loss and would be its SFT start unchanged; set "
-                           "grpo.entropy_coef (e.g. -0.1: sharpening) or drop controls.entropy")
-    return out
+    return _expand_grpo(recipe, specs, control=True)
+
+
+def _check_control(spec: StageSpec) -> None:
+    """Every advantage of the control is 0, so the entropy term is its whole loss (the KL to its start is 0 there,
+    and so is its gradient): at entropy_coef 0 the stage would publish its SFT start unchanged (measured on SmolLM2:
+    grad_norm 0 at every step, held-out rows identical to sft.math's; docs/results.md)."""
+    _check_grpo(spec)
+    if spec.config.grpo.entropy_coef == 0:
+        raise ValueError(f"controls.entropy: grpo.entropy_coef is 0 for {spec.id}: with every reward 0 the control "
+                         "has no loss and would be its SFT start unchanged; set grpo.entropy_coef (e.g. -0.1: "
+                         "sharpening) or drop controls.entropy")
 
 
 register_stage_kind(StageKind(
     name="control.entropy", section="controls", config=GRPOConfig,
     expand=lambda recipe, specs: _expand_control(recipe, specs),
-    run="specialists.grpo:run", order=35, check=_check_grpo, workload=_grpo_workload,
+    run="specialists.grpo:run", order=35, check=_check_control, workload=_grpo_workload,
     progress_total=lambda cfg: cfg.grpo.steps, key_metrics=("reward", "entropy"), curves=("reward", "entropy"),
     label="a control: each GRPO stage with every reward 0 (what sharpening alone does), settings from grpo"))
