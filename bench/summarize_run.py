@@ -51,6 +51,19 @@ def wall(run: Path, mans: dict) -> None:
               f"served {f.get('served')}")
 
 
+def starts(val: dict, metric: str = "accuracy") -> None:
+    """Every cell: the model's own start (bootstrap), its SFT specialist, the generalist (the student's start)."""
+    print(f"\n## Held-out {metric} per cell: the start, the SFT specialist, the generalist (95% intervals)\n")
+    print("| domain | mode | n | " + " | ".join(["bootstrap", "SFT", "generalist"]) + " |\n|---|---|---|---|---|---|")
+    for d in DOMAINS:
+        for x in MODES:
+            s = val.get((f"sft.{d}", d, x, metric))
+            if s is None:
+                continue
+            row = [val.get((m, d, x, metric)) for m in ("bootstrap", f"sft.{d}", "generalist")]
+            print(f"| {d} | {x} | {s['n']} | " + " | ".join(_v(r) for r in row) + " |")
+
+
 def grpo(val: dict, metric: str = "reward_mean") -> None:
     print(f"\n## GRPO against its SFT start and the reward-free control (held-out {metric}, 95% intervals)\n")
     base = any(k[0] == "base" for k in val)          # the specialists' own start, when the run has a base stage
@@ -128,6 +141,7 @@ def main(run_dir: str) -> None:
             [r for m in mans.values() if m.get("status") == "complete" for r in m.get("eval_rows") or []])
     val = {(x["model"], x["domain"], x["mode"], x["metric"]): x for x in rows}
     if rows:
+        starts(val)
         grpo(val)
         if any(k[3] == "accuracy" for k in val):
             grpo(val, "accuracy")
