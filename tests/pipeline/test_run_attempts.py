@@ -108,8 +108,11 @@ def test_failed_edit_keeps_outputs_then_original_reruns_nothing(finished, tmp_pa
 def test_interrupted_edit_keeps_outputs_resumes_and_reverting_restores_from_cache(finished, tmp_path):
     recipe, run_dir, before = _copy(finished, tmp_path)
 
-    # sft.steps 6 -> 30: Ctrl-C (SIGINT to the run's process group) once the attempt has committed a checkpoint
-    edit = ("--set", "sft.steps=30")
+    # sft.steps 6 -> 300: Ctrl-C (SIGINT to the run's process group) once the attempt has committed a checkpoint.
+    # 300 steps (~10 s of the tiny model) so the attempt is still running when the signal lands: a 30-step attempt
+    # (~1 s) finished before it on a loaded machine, and the run exited 0
+    n = 300
+    edit = ("--set", f"sft.steps={n}")
     proc = start("run", recipe, "--run-dir", run_dir, *edit, log=tmp_path / "edit.log")
     ckpts = run_dir / "sft.math.attempt" / "ckpt" / "checkpoints.jsonl"
     try:
@@ -138,7 +141,7 @@ def test_interrupted_edit_keeps_outputs_resumes_and_reverting_restores_from_cach
     assert "[attempt] sft.math" in r.stdout and "resuming" in r.stdout
     assert "resumed from step_" in (run_dir / "sft.math" / "log.txt").read_text()
     steps = [json.loads(x)["step"] for x in (run_dir / "sft.math" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 31))
+    assert steps == list(range(1, n + 1))
     assert not (run_dir / "sft.math.attempt").exists()
     assert all(s["status"] == "complete" for s in status(run_dir).values())
 
