@@ -3,8 +3,8 @@ control, and the efficacy table (the student against its start, its teachers and
 
     python bench/summarize_run.py runs/think_max            # markdown to stdout
 
-Every number is a held-out row of ``eval/results.json`` (before the eval stage has run: the complete stages' own rows) (32 prompts x ``eval.samples`` per cell, the eval
-sampler), with its 95% bootstrap interval over prompts; greedy numbers in their own columns.
+Every number is a held-out row of ``eval/results.json`` (before the eval stage has run: the complete stages' own
+rows, from their manifests), with its 95% bootstrap interval over prompts; greedy numbers in their own columns.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def wall(run: Path, mans: dict) -> None:
 def starts(val: dict, metric: str = "accuracy") -> None:
     """Every cell: the model's own start (bootstrap), its SFT specialist, the generalist (the student's start)."""
     print(f"\n## Held-out {metric} per cell: the start, the SFT specialist, the generalist (95% intervals)\n")
-    print("| domain | mode | n | " + " | ".join(["bootstrap", "SFT", "generalist"]) + " |\n|---|---|---|---|---|---|")
+    print("| domain | mode | n | bootstrap | SFT | generalist |\n|---|---|---|---|---|---|")
     for d in DOMAINS:
         for x in MODES:
             s = val.get((f"sft.{d}", d, x, metric))
