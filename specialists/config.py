@@ -97,6 +97,10 @@ class GRPOConfig(Strict):
     group_size: int = Field(8, ge=2)
     ppo_epochs: int = Field(1, ge=1)
     minibatches: int = Field(2, ge=1)       # > 1 makes pi_old != pi_theta within a batch
+    # sequences per learner forward/backward: a rank's share of a minibatch in parts of at most this many, their
+    # gradients accumulated into the minibatch's one optimizer step (None: the share at once). Memory (full-
+    # vocabulary logits per sequence), not the step: the same step up to float summation order
+    micro_batch_seqs: int | None = operational(Field(None, ge=1))
     sampling: Sampling = Sampling()
     advantage: str = "grpo"                 # rewards -> advantages registry (grpo, dr_grpo)
     loss_agg: str = "token_mean"            # token_mean | seq_mean_token_mean | dr_grpo
@@ -187,7 +191,13 @@ def _grpo_workload(spec: StageSpec) -> Workload:
     g = c.grpo
     seq_len = PROMPT_TOKENS + c.budget
     gen = g.prompts_per_step * g.group_size
-    return Workload(learner=c.learner, micro_batch_tokens=max(1, gen // g.minibatches) * seq_len,
+    per_step = max(1, gen // g.minibatches)
+    if g.micro_batch_seqs:       # per rank: a rank's share in parts of at most micro_batch_seqs sequences
+        return Workload(learner=c.learner, micro_batch_tokens=min(per_step, g.micro_batch_seqs) * seq_len,
+                        micro_batch_per_rank=True, step_tokens=gen * seq_len, gen_seqs=gen, seq_len=seq_len,
+                        engine=g.engine, placement=g.placement, reference_model=g.kl_coef > 0,
+                        reward_workers=max(1, int(spec.resources.num_cpus) - 1))
+    return Workload(learner=c.learner, micro_batch_tokens=per_step * seq_len,
                     step_tokens=gen * seq_len, gen_seqs=gen, seq_len=seq_len, engine=g.engine, placement=g.placement,
                     reference_model=g.kl_coef > 0, reward_workers=max(1, int(spec.resources.num_cpus) - 1))
 

@@ -59,7 +59,8 @@ def run(ctx) -> dict:
         reward_P_G = ro.reward_P_G if cfg.reward_signal else torch.zeros_like(ro.reward_P_G)   # the control: none
         adv = asymmetric(ADVANTAGES[g.advantage](reward_P_G), g.baseline_shift, g.negative_weight)
         # each minibatch (an optimizer step) in one part per rank: data parallel over the step's global batch
-        mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device, learner.ranks)
+        mbs = to_minibatches(ro, adv, g.minibatches, tok.pad_token_id, use_keep, learner.device, learner.ranks,
+                             g.micro_batch_seqs)
         mismatch = old_policy(learner, ref, routes, mbs, g, cfg.budget)   # π_old = engine; π_ref; the mismatch
         results = train_steps(learner, make_loss_fn(g, cfg.budget), by_minibatch(mbs), g.ppo_epochs)
         sync_s = engine.load_weights(learner.rollout_state_dict(engine.fp4))

@@ -92,21 +92,23 @@ def collect(engine, tok, samples: list[dict], mode: str, G: int, params: Samplin
 
 
 def to_minibatches(r: Rollouts, adv_P_G: torch.Tensor, n_mb: int, pad_id: int, use_keep: bool,
-                   device=None, ranks: int = 1) -> list[GRPOBatch]:
+                   device=None, ranks: int = 1, max_seqs: int | None = None) -> list[GRPOBatch]:
     """Split the P*G sequences into ``n_mb`` minibatches (whole sequences, fixed order), one optimizer step each, and
     each minibatch into ``ranks`` contiguous parts (sizes differing by at most one; none empty), the learner ranks'
-    shares of that step: padded micro-batches on ``device``, in order, each knowing its minibatch (``minibatch``).
-    The parts of a minibatch are one step's global batch: ``Learner.step`` normalizes by their total weight, so
-    any number of ranks takes the same step (``by_minibatch`` groups them)."""
+    shares of that step -- or, with ``max_seqs``, into a multiple of ``ranks`` parts of at most ``max_seqs``
+    sequences each (gradient accumulation): padded micro-batches on ``device``, in order, each knowing its
+    minibatch (``minibatch``). The parts of a minibatch are one step's global batch: ``Learner.step`` normalizes
+    by their total weight, so any number of ranks or parts takes the same step (``by_minibatch`` groups them)."""
     adv = adv_P_G.flatten()
     order = list(range(len(r.seqs)))
     size = -(-len(order) // n_mb)
     parts = []
     for k, start in enumerate(range(0, len(order), size)):
         chunk = order[start:start + size]
-        q, rem = divmod(len(chunk), ranks)
+        n_parts = ranks * (-(-len(chunk) // (ranks * max_seqs)) if max_seqs else 1)
+        q, rem = divmod(len(chunk), n_parts)
         at = 0
-        for i in range(ranks):
+        for i in range(n_parts):
             n = q + (1 if i < rem else 0)
             if n:
                 parts.append((k, chunk[at:at + n]))
