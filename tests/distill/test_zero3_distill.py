@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("deepspeed")
 
 WORKER = Path(__file__).with_name("zero3_distill_worker.py")
-ROOT = WORKER.parent.parent
+ROOT = WORKER.parents[2]
 
 
 def _run(stage, tiny_dir, out_file, ranks=1):

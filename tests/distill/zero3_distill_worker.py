@@ -1,6 +1,6 @@
 """One distill-loss learner run in its own process (DeepSpeed's distributed init is process-global).
 
-    python tests/zero3_distill_worker.py ZERO_STAGE TINY_DIR OUT_FILE [RANKS]
+    python tests/distill/zero3_distill_worker.py ZERO_STAGE TINY_DIR OUT_FILE [RANKS]
 
 Three optimizer steps of ``distill.loss.make_loss_fn`` (fused reverse KL against two random hidden-state teachers, one
 route weighting them 0.7/0.3) on fixed trajectories through ``micro_batches`` (split for the ranks), with 1 learner or
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(stage: int, tiny_dir: str, out_file: str, ranks: int = 1) -> dict:
