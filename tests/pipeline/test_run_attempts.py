@@ -108,9 +108,9 @@ def test_failed_edit_keeps_outputs_then_original_reruns_nothing(finished, tmp_pa
 def test_interrupted_edit_keeps_outputs_resumes_and_reverting_restores_from_cache(finished, tmp_path):
     recipe, run_dir, before = _copy(finished, tmp_path)
 
-    # sft.steps 6 -> 300: Ctrl-C (SIGINT to the run's process group) once the attempt has committed a checkpoint.
-    # 300 steps (~10 s of the tiny model) so the attempt is still running when the signal lands: a 30-step attempt
-    # (~1 s) finished before it on a loaded machine, and the run exited 0
+    # sft.steps 6 -> 300: Ctrl-C (SIGINT to the run's process group) once the attempt has committed a checkpoint,
+    # while it is still running (300 steps: ~10 s of the tiny model). `start` gives the run SIGINT's default
+    # disposition: from a test run started in the background it inherited SIGINT ignored and ran to exit 0
     n = 300
     edit = ("--set", f"sft.steps={n}")
     proc = start("run", recipe, "--run-dir", run_dir, *edit, log=tmp_path / "edit.log")

@@ -46,11 +46,19 @@ def cli(*args, timeout=300, **env_extra) -> subprocess.CompletedProcess:
                           env=env(**env_extra))
 
 
+def _as_from_a_terminal() -> None:
+    # SIGINT as a terminal's Ctrl-C finds it. A test run started in the background (`make test &`, nohup) inherits
+    # SIGINT ignored; Python then installs no KeyboardInterrupt handler, the CLI and Ray's workers ignore the
+    # SIGINT these tests send, and an interrupted run completes with exit 0 instead of 130
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, log: Path, **env_extra) -> subprocess.Popen:
-    """Start the CLI in its own session (so that killing its process group takes Ray's processes with it)."""
+    """Start the CLI in its own session (so that killing its process group takes Ray's processes with it), with
+    SIGINT's default disposition whatever the test run inherited (:func:`_as_from_a_terminal`)."""
     f = open(log, "ab")
     return subprocess.Popen([*CLI, *map(str, args)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env(**env_extra))
+                            start_new_session=True, env=env(**env_extra), preexec_fn=_as_from_a_terminal)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
