@@ -56,7 +56,7 @@ smollm2: setup
 
 test: setup
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests   # the 30 slowest: CI keeps make test under 25 min
 
 test-fast: setup
 	$(BIN)/lint-imports
