@@ -240,6 +240,13 @@ class LeasedEngine:
         except self.ray.exceptions.RayActorError:        # the engine died during the push: a fresh one, these weights
             self._replace()
             self._push(sd)
+        except Exception as e:
+            # the engine refused the weights (a name, shape or layout its loader rejects): vLLM's in-place reload
+            # stops half way and leaves the engine unusable, so it is replaced before anyone leases it again, and
+            # the caller fails with the engine's reason
+            self._replace()
+            raise RuntimeError(f"engine {self.index} refused the weights pushed by {self.who} and was replaced: "
+                               f"{(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from e
         self.last_sync["s"] = time.perf_counter() - t
         return self.last_sync["s"]
 
