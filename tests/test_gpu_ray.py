@@ -102,8 +102,9 @@ def test_gpu_stage_tasks_get_fresh_workers_and_their_own_gpus(fake_gpu_ray):
     gpu = stage_task(ray, _probe, 1).options(num_cpus=1, num_gpus=1)
     cpu = stage_task(ray, _probe, 0).options(num_cpus=1, num_gpus=0)
     g1, g2 = ray.get(gpu.remote(), timeout=120), ray.get(gpu.remote(), timeout=120)
-    c1 = ray.get(cpu.remote(), timeout=120)
+    c1, c2 = ray.get(cpu.remote(), timeout=120), ray.get(cpu.remote(), timeout=120)
     assert g1[0] != g2[0]                            # max_calls=1: a new process per GPU stage
+    assert c1[0] != c2[0]                            # and per CPU stage (a reused worker keeps the last one's heap)
     assert len(g1[1]) == 1 and g1[2] is True         # the task's one GPU, and it computes there
     assert c1[1] == [] and c1[2] is False            # zero-GPU task: CPU, though CUDA looks available
     assert "stage_task(" in inspect.getsource(Runner._loop)    # the runner submits stages through it
