@@ -12,8 +12,8 @@ run has its architecture, so an engine serves any of them after an in-place weig
 A stage leases one engine for its whole run (rollouts and its held-out evaluation) and gives it back at the end; the
 eval stage leases one per model it evaluates. An engine that died is replaced (``Fleet.replace``: a fresh start,
 counted) and the client pushes its last weights again before retrying, so a dead engine costs a restart, never a
-wrong sample. ``Fleet.stats()`` reports starts, replacements and leases; the runner writes them to
-``<run_dir>/fleet.json``.
+wrong sample. An engine that refused a push (vLLM's in-place reload is then left half done) is replaced and the push
+fails. ``Fleet.stats()`` reports starts, replacements and leases; the runner writes them to ``<run_dir>/fleet.json``.
 
 FP4: ``fp4`` is a property of the fleet. On a GPU the engines serve the compressed-tensors ``MXFP4A16`` checkpoint
 ``pipeline export --format mxfp4`` writes (the fleet starts them from such an export of the starting model, so the
@@ -240,10 +240,7 @@ class LeasedEngine:
         except self.ray.exceptions.RayActorError:        # the engine died during the push: a fresh one, these weights
             self._replace()
             self._push(sd)
-        except Exception as e:
-            # the engine refused the weights (a name, shape or layout its loader rejects): vLLM's in-place reload
-            # stops half way and leaves the engine unusable, so it is replaced before anyone leases it again, and
-            # the caller fails with the engine's reason
+        except Exception as e:       # refused (a name, shape or layout): unusable now, replaced before a next lease
             self._replace()
             raise RuntimeError(f"engine {self.index} refused the weights pushed by {self.who} and was replaced: "
                                f"{(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from e
