@@ -28,14 +28,15 @@ place as the object-store path does. Where the stage and the engine share a GPU 
 go by CUDA IPC instead (``weight_sync.IpcSender``: handles through ``sync_receive``, the engine's return the
 acknowledgement). Floating tensors travel in the learner's training dtype (``RolloutWeights.wire_dtype``: bf16 for
 a bf16 learner) and the engine casts them to its own (``SyncPlan.cast_to``); a ``RolloutWeights`` (ZeRO-3) is
-gathered one bucket at a time while it is sent. If the group cannot be formed (the engine on a node whose port is unreachable,
-a timeout, no NCCL) or a transfer fails, one line is logged and the lease uses the object store (``ray.put`` of the
+gathered one bucket at a time while it is sent. If the group cannot be formed (the engine's port unreachable, a
+timeout, no NCCL) or a transfer fails, one line is logged and the lease uses the object store (``ray.put`` of the
 whole state dict) from then on; ``object_store`` forces that. The lease keeps the last weights it pushed (the
 collective path: the CPU copies of the buckets it sent; the object store path: the object), so a replaced engine gets
 them again, by whichever path works.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -119,13 +120,11 @@ class Fleet:
             self._cond.notify_all()
 
     def replace(self, index: int):
-        """A fresh engine in slot ``index`` (the old one died); returns the new actor."""
+        """A fresh engine in slot ``index`` (the old one died or refused a push); returns the new actor."""
         import ray
 
-        try:
+        with contextlib.suppress(Exception):     # it is dead already
             ray.kill(self.engines[index])
-        except Exception:  # noqa: BLE001 — it is dead already
-            pass
         self.engines[index] = self._ready(*self._start(index))
         self.replacements += 1
         return self.engines[index]
@@ -225,10 +224,9 @@ class LeasedEngine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         outs = self._call(lambda a: a.generate.remote([list(p) for p in prompts], params))
-        for comps in outs:                       # Ray hands numpy arrays back read-only (zero-copy): own them
-            for c in comps:
-                if c.routed_experts is not None and not c.routed_experts.flags.writeable:
-                    c.routed_experts = c.routed_experts.copy()
+        for c in (c for comps in outs for c in comps):     # Ray hands numpy arrays back read-only (zero-copy)
+            if c.routed_experts is not None and not c.routed_experts.flags.writeable:
+                c.routed_experts = c.routed_experts.copy()
         return outs
 
     def load_weights(self, state_dict: dict) -> float:
@@ -242,8 +240,9 @@ class LeasedEngine:
             self._push(sd)
         except Exception as e:       # refused (a name, shape or layout): unusable now, replaced before a next lease
             self._replace()
-            raise RuntimeError(f"engine {self.index} refused the weights pushed by {self.who} and was replaced: "
-                               f"{(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from e
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise RuntimeError(f"engine {self.index} refused the weights pushed by {self.who} and was "
+                               f"replaced: {why}") from e
         self.last_sync["s"] = time.perf_counter() - t
         return self.last_sync["s"]
 
@@ -389,10 +388,8 @@ class LeasedEngine:
         if sender is None:
             return
         if tell_engine:
-            try:
+            with contextlib.suppress(Exception):     # the engine is gone or busy: its side times out on its own
                 self.ray.get(self.actor.sync_close.remote(), timeout=10)
-            except Exception:  # noqa: BLE001 -- the engine is gone or busy: its side times out on its own
-                pass
         sender.close()
 
     def close(self) -> None:
