@@ -12,8 +12,7 @@ run has its architecture, so an engine serves any of them after an in-place weig
 A stage leases one engine for its whole run (rollouts and its held-out evaluation) and gives it back at the end; the
 eval stage leases one per model it evaluates. An engine that died is replaced (``Fleet.replace``: a fresh start,
 counted) and the client pushes its last weights again before retrying, so a dead engine costs a restart, never a
-wrong sample. An engine that refused a push (vLLM's in-place reload is then left half done) is replaced and the push
-fails. ``Fleet.stats()`` reports starts, replacements and leases; the runner writes them to ``<run_dir>/fleet.json``.
+wrong sample. ``Fleet.stats()`` reports starts, replacements and leases; the runner writes them to ``<run_dir>/fleet.json``.
 
 FP4: ``fp4`` is a property of the fleet. On a GPU the engines serve the compressed-tensors ``MXFP4A16`` checkpoint
 ``pipeline export --format mxfp4`` writes (the fleet starts them from such an export of the starting model, so the
@@ -120,7 +119,7 @@ class Fleet:
             self._cond.notify_all()
 
     def replace(self, index: int):
-        """A fresh engine in slot ``index`` (the old one died or refused a push); returns the new actor."""
+        """A fresh engine in slot ``index`` (the old one died); returns the new actor."""
         import ray
 
         with contextlib.suppress(Exception):     # it is dead already
@@ -238,11 +237,6 @@ class LeasedEngine:
         except self.ray.exceptions.RayActorError:        # the engine died during the push: a fresh one, these weights
             self._replace()
             self._push(sd)
-        except Exception as e:       # refused (a name, shape or layout): unusable now, replaced before a next lease
-            self._replace()
-            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise RuntimeError(f"engine {self.index} refused the weights pushed by {self.who} and was "
-                               f"replaced: {why}") from e
         self.last_sync["s"] = time.perf_counter() - t
         return self.last_sync["s"]
 
