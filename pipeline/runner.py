@@ -53,15 +53,22 @@ def uses_fleet(config) -> bool:
     return False
 
 
-def stage_task(ray, fn, num_gpus: float):
-    """``fn`` as a Ray task with ``max_calls=1``: a fresh worker process per stage. Ray reuses task workers, and gives
-    a task ``max_calls=1`` by itself only when ``@ray.remote`` names the GPUs, not ``.options()`` (which refuses
-    ``max_calls``): a reused worker keeps the last stage's CUDA context and memory, and may compute on the GPU the
-    last stage was given. On the CPU too: the heap a stage freed stays with its process (SmolLM2's ``control.seqkd``
-    ran in the worker ``distill`` had used: the node's used memory did not fall when ``distill`` ended, 17.6 GB,
-    and the worker held 10.4 GB RSS five minutes into ``control.seqkd``; 24 GiB machine, the fleet beside it).
-    ``num_gpus`` is kept for the callers' sake: every stage gets the same."""
-    return ray.remote(max_retries=0, max_calls=1)(fn)
+def stage_task(ray, fn, fresh: bool):
+    """``fn`` as a Ray task; ``fresh``: with ``max_calls=1``, a new worker process per stage. Ray reuses task workers,
+    and gives a task ``max_calls=1`` by itself only when ``@ray.remote`` names the GPUs, not ``.options()`` (which
+    refuses ``max_calls``): a reused worker keeps the last stage's CUDA context and memory, and may compute on the GPU
+    the last stage was given. On the CPU too, for a real model: the heap a stage freed stays with its process
+    (SmolLM2's ``control.seqkd`` ran in the worker ``distill`` had used: the node's used memory did not fall when
+    ``distill`` ended, 17.6 GB, and the worker held 10.4 GB RSS five minutes into ``control.seqkd``; 24 GiB machine,
+    the fleet beside it). :func:`fresh_workers` says which stages get one."""
+    return ray.remote(max_retries=0, **({"max_calls": 1} if fresh else {}))(fn)
+
+
+def fresh_workers(recipe, num_gpus: float) -> bool:
+    """A stage gets a fresh worker when it asks for GPUs or trains a real model (``model.path``). CPU stages of the
+    embedded tiny model share workers: their heap is a few hundred MB, and a fresh worker costs a Python start and the
+    torch import per stage (measured: 10 s of 83 over two small pipeline tests)."""
+    return bool(num_gpus) or recipe.model.path is not None
 
 
 def stage_status(run_dir: Path, stage_id: str) -> dict:
@@ -209,7 +216,7 @@ class Runner:
                 ray.shutdown()
 
     def _loop(self, selected: set[str], forced: set[str], ray) -> int:
-        remotes = {gpu: stage_task(ray, _execute_stage, gpu) for gpu in (0, 1)}
+        remotes = {gpu: stage_task(ray, _execute_stage, fresh_workers(self.recipe, gpu)) for gpu in (0, 1)}
         self.cluster = ray.cluster_resources()
         self.priority = priorities(self.graph)
         run_info = {"seed": self.recipe.seed, "name": self.recipe.name, "logging": self.recipe.logging,

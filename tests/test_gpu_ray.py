@@ -86,7 +86,8 @@ def fake_gpu_ray():
 
 @pytest.mark.timeout(240)
 def test_gpu_stage_tasks_get_fresh_workers_and_their_own_gpus(fake_gpu_ray):
-    from pipeline.runner import Runner, stage_task
+    from pipeline.recipe import Recipe
+    from pipeline.runner import Runner, fresh_workers, stage_task
 
     ray = fake_gpu_ray
 
@@ -99,12 +100,17 @@ def test_gpu_stage_tasks_get_fresh_workers_and_their_own_gpus(fake_gpu_ray):
         torch.cuda.is_available = lambda: True      # a GPU node: every GPU visible to every process
         return os.getpid(), w.ray_gpu_ids(), w.use_cuda()
 
-    gpu = stage_task(ray, _probe, 1).options(num_cpus=1, num_gpus=1)
-    cpu = stage_task(ray, _probe, 0).options(num_cpus=1, num_gpus=0)
+    real = Recipe.model_validate({"name": "r", "model": {"path": "/models/m"}})
+    tiny = Recipe(name="t")
+    assert fresh_workers(tiny, 1) and fresh_workers(real, 1) and fresh_workers(real, 0)
+    assert not fresh_workers(tiny, 0)                # the tiny model's CPU stages share workers
+    gpu = stage_task(ray, _probe, fresh_workers(tiny, 1)).options(num_cpus=1, num_gpus=1)
+    cpu = stage_task(ray, _probe, fresh_workers(real, 0)).options(num_cpus=1, num_gpus=0)
     g1, g2 = ray.get(gpu.remote(), timeout=120), ray.get(gpu.remote(), timeout=120)
     c1, c2 = ray.get(cpu.remote(), timeout=120), ray.get(cpu.remote(), timeout=120)
     assert g1[0] != g2[0]                            # max_calls=1: a new process per GPU stage
-    assert c1[0] != c2[0]                            # and per CPU stage (a reused worker keeps the last one's heap)
+    assert c1[0] != c2[0]                            # and per CPU stage of a real model (a reused worker keeps its heap)
     assert len(g1[1]) == 1 and g1[2] is True         # the task's one GPU, and it computes there
     assert c1[1] == [] and c1[2] is False            # zero-GPU task: CPU, though CUDA looks available
     assert "stage_task(" in inspect.getsource(Runner._loop)    # the runner submits stages through it
+    assert "fresh_workers(" in inspect.getsource(Runner._loop)
