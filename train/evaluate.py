@@ -27,6 +27,7 @@ were computed from: the eval stage reuses a stage's own rows when ``spec`` match
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 import zlib
@@ -34,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.chat import END_THINK
 from rewards import humaneval
 from rewards.base import score_batch
 from rewards.verdict import count_unscored
-from rewards.tasks import bfcl, load_tasks, mmath, system_prompt
+from rewards.tasks import bfcl, load_tasks, mmath, system_and_tools
 from rollout.agent_loop import run_episodes, transcript
 from rollout.encoding import encode_prompt
 from rollout.engine import SamplingParams
@@ -47,18 +49,33 @@ GREEDY = ("reward_mean", "accuracy", "length_mean")
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def prompt_messages(sample: dict) -> list[dict]:
-    """The RL / evaluation prompt of a sample: its system message and user turn, as SFT trained on them
-    (``train.datasets``): an agent row's system prompt is its environment's intro (or the row's own system
-    message) and its tools (``system_for``); any other row's is its own system message, else its domain's."""
-    sys = system_prompt(sample)
-    return ([{"role": "system", "content": sys}] if sys else []) + [{"role": "user", "content": sample["prompt"]}]
+def prompt_messages(sample: dict, mode: str | None = None) -> list[dict]:
+    """The RL / evaluation prompt of a sample: its system message, its ``history`` (earlier turns of a multi-turn
+    conversation, e.g. ToolTalk's) and its user turn, as SFT trained on them (``train.datasets``): an agent row's system
+    prompt is its environment's intro (or the row's own system message) and its tools (``system_for``); any other
+    row's is its own system message, else its domain's. ``mode`` renders the history's assistant turns as SFT does
+    (a think mode: an empty reasoning before each); needed when the sample has a history."""
+    sys, tools = system_and_tools(sample)
+    head = [{"role": "system", "content": sys or "", **({"tools": tools} if tools else {})}] if sys or tools else []
+    return head + history_messages(sample, mode) + [{"role": "user", "content": sample["prompt"]}]
+
+
+def history_messages(sample: dict, mode: str | None) -> list[dict]:
+    history = sample.get("history")
+    history = json.loads(history) if isinstance(history, str) else (history or [])
+    if not history:
+        return []
+    if mode is None:
+        raise ValueError("prompt_messages: a sample with a history needs the mode its assistant turns render in")
+    think = "" if mode == "non_think" else END_THINK
+    return [{**m, "content": think + (m.get("content") or "")} if m["role"] == "assistant" else dict(m)
+            for m in history]
 
 
 def generate_texts(engine, tok, samples: list[dict], mode: str, params: SamplingParams
                    ) -> tuple[list[list[str]], list[list[int]]]:
     """Per sample, ``params.n`` completion texts and their model-token counts; agent samples run tool episodes."""
-    prompts = [encode_prompt(tok, prompt_messages(s), mode) for s in samples]
+    prompts = [encode_prompt(tok, prompt_messages(s, mode), mode) for s in samples]
     if samples and samples[0]["domain"] == "agent":
         n = params.n
         eps = run_episodes(engine, tok, [p for p in prompts for _ in range(n)],

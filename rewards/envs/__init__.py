@@ -10,7 +10,9 @@ string (``step``), and judges a finished episode (``verify``: a ``Trace`` of the
 * ``bfcl`` (``bfcl.py``): BFCL-style function calling; calls are not executed, the episode ends at the first turn
   with calls, and ``verify`` compares those calls with the row's ground truth through a pluggable checker;
 * ``python`` (``python.py``): ``run_python(code)`` runs code in the code sandbox (``rewards.sandbox``) and returns
-  its status, stdout and stderr; the verifier runs the row's tests on the final answer's code.
+  its status, stdout and stderr; the verifier runs the row's tests on the final answer's code;
+* ``tooltalk`` (``tooltalk.py``): ToolTalk's 28 mock APIs over JSON databases (nvidia-tooltalk), executed by
+  ToolTalk's ``ToolExecutor``; the verifier replays the calls and scores them with ToolTalk's own checker.
 
 The tool-call format (DeepSeek-V4's DSML block) and its parser live in ``core.chat``; they are re-exported here.
 """
@@ -23,7 +25,8 @@ from .base import (ENVS, MAX_OBS_CHARS, ToolEnv, Trace, clean_observation, env_c
 from .bfcl import BfclEnv, register_checker
 from .inventory import InventoryEnv, replay
 from .python import PythonEnv
+from .tooltalk import ToolTalkEnv
 
-__all__ = ["ENVS", "MAX_OBS_CHARS", "BfclEnv", "InventoryEnv", "PythonEnv", "ToolCall", "ToolEnv", "Trace",
+__all__ = ["ENVS", "MAX_OBS_CHARS", "BfclEnv", "InventoryEnv", "PythonEnv", "ToolCall", "ToolTalkEnv", "ToolEnv", "Trace",
            "clean_observation", "env_class", "env_name", "format_tool_call", "format_tool_calls", "make_env",
            "parse_tool_calls", "register_checker", "register_env", "replay", "system_text", "tool_schema"]

@@ -95,6 +95,19 @@ def system_prompt(sample: dict, system: str | None = None) -> str | None:
     return system if system is not None else system_message(sample["domain"])
 
 
+def system_and_tools(sample: dict, system: str | None = None) -> tuple[str | None, list[dict] | None]:
+    """(system text, tool schemas) of a row: what the system message carries (``core.chat`` renders the tools after
+    the text, as :func:`system_prompt` writes them). An agent row's tools are its environment's -- a conversation
+    with tools, whose earlier turns keep their reasoning (V4's rule), also before its first tool call."""
+    if sample["domain"] != "agent":
+        return system_prompt(sample, system), None
+    if system is None:
+        system = sample.get("system")
+    row = {**sample, "system": system} if system else sample
+    env = agent.make_env(row)
+    return (system or env.intro or None), env.tools()
+
+
 def corpus(seed: int = 0, n_per_domain: int = 300) -> list[str]:
     """Text the embedded tokenizer is trained on: prompts and demonstrations of every domain and mode."""
     from core.chat import MODES, render_prompt

@@ -17,7 +17,7 @@ import json
 import re
 from typing import Callable
 
-from .row_checks import Bad, _json_value, _nonempty_str, _type, tool_call_of
+from .row_checks import Bad, _json_value, _nonempty_str, _type, check_messages, tool_call_of
 
 
 # --------------------------------------------------------------------------------------------- verifier specs
@@ -178,6 +178,36 @@ def _env_bfcl(row: dict) -> dict:
             "category": category, "max_turns": _max_turns(row, 1)}
 
 
+def _env_tooltalk(row: dict) -> dict:
+    """ToolTalk's mock APIs (``rewards.envs.ToolTalkEnv``; rows from ``rewards.tasks.tooltalk``): ``tooltalk`` (an
+    object: ``metadata`` with ``timestamp``, ``user``, ``api_history`` and ``apis``: the earlier turns' and this
+    turn's ground-truth calls), ``api_names`` (the APIs shown, each one of ToolTalk's), ``history`` (the earlier
+    messages), ``system``; ``tool_calls`` is not read. Needs the nvidia-tooltalk package."""
+    from ..envs.tooltalk import ToolTalkMissing, api_classes
+
+    spec = _json_value(row, "tooltalk", (dict,), "an object {metadata, user, api_history, apis}")
+    if not isinstance(spec.get("metadata"), dict) or not isinstance(spec["metadata"].get("timestamp"), str):
+        raise Bad("tooltalk.metadata", "expected an object with a timestamp")
+    for key in ("api_history", "apis"):
+        calls = spec.get(key) or []
+        if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("request"), dict)
+                                                   and "response" in c for c in calls):
+            raise Bad(f"tooltalk.{key}", "expected a list of {request, response, exception} records")
+    names = _json_value(row, "api_names", (list,), "a list of ToolTalk API names")
+    try:
+        known = api_classes()
+    except ToolTalkMissing as e:
+        raise Bad("env", f"tooltalk: {e}") from None
+    for j, n in enumerate(names):
+        if n not in known:
+            raise Bad(f"api_names[{j}]", f"unknown ToolTalk API {n!r}")
+    history = _json_value(row, "history", (list,), "a list of messages") if row.get("history") is not None else []
+    if history:
+        check_messages(history, "history", ("user", "assistant", "tool"))
+    return {"tooltalk": json.dumps(spec), "api_names": json.dumps(names), "history": json.dumps(history),
+            "max_turns": _max_turns(row, len(spec.get("apis") or []) + 2)}
+
+
 def _env_python(row: dict) -> dict:
     """The Python tool (``rewards.envs.PythonEnv``): a code task in HumanEval's fields, as the code domain's."""
     return {**_spec_code(row), "max_turns": _max_turns(row, 3)}
@@ -186,7 +216,7 @@ def _env_python(row: dict) -> dict:
 # env name -> fn(row) -> the fields the agent verifier and the row's environment read (raises Bad naming the
 # field). Another environment registers here with the verifier that reads what it returns.
 AGENT_ENVS: dict[str, Callable[[dict], dict]] = {"inventory": _env_inventory, "bfcl": _env_bfcl,
-                                                 "python": _env_python}
+                                                 "python": _env_python, "tooltalk": _env_tooltalk}
 
 
 def _spec_agent(row: dict) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import END, END_THINK, MODES
+from core.chat import END, END_THINK, MODES, render_prompt
 from rewards.tasks import demonstration, generate, load_tasks, system_message
 from rollout.encoding import encode_conversation
 from train.data import sft_examples
@@ -89,7 +89,8 @@ def test_tool_calls_and_tool_messages(tmp_path, tok):
     call = {"name": "add_stock", "arguments": {"item": "apple", "qty": 3}}
     body = assistant_body("", [call])               # the project's tool-call format, whatever it is
     m = conv.messages("think_high")
-    assert m[0] == {"role": "system", "content": system_message("agent")}   # the domain's, as RL prompts get
+    assert m[0]["tools"] and render_prompt(m[:1], "non_think", False) == \
+        render_prompt([{"role": "system", "content": system_message("agent")}], "non_think", False)  # as RL prompts
     assert m[2] == {"role": "assistant", "content": "I add them." + END_THINK + body}
     assert m[3] == {"role": "tool", "content": "ok: apple stock is 5"}
     assert conv.messages("non_think")[2]["content"] == body

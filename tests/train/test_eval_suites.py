@@ -9,7 +9,7 @@ import yaml
 
 import train.evaluate as evaluate
 from conftest import run_cli
-from core.chat import format_tool_calls
+from core.chat import format_tool_calls, render_prompt
 from pipeline.recipe import Recipe, RecipeError, load_recipe
 from rewards.humaneval import problems
 from rewards.tasks import load_tasks, system_message
@@ -122,8 +122,11 @@ def test_prompt_messages_use_the_rows_own_system_and_the_agent_tools(tmp_path):
     rows = load_tasks("agent", "train", 3, 0, {"source": "bfcl"})
     for r in rows:
         msgs = prompt_messages(r)
-        assert msgs[0] == {"role": "system", "content": system_for(r)} and "## Tools" in msgs[0]["content"]
-        assert json.loads(r["functions"])[0]["name"] in msgs[0]["content"]
+        # the environment's tools ride on the system message (an agentic conversation: V4 keeps every turn's
+        # reasoning) and render as the row's system prompt text
+        shown = render_prompt(msgs[:1], "non_think", add_generation_prompt=False)
+        assert shown == render_prompt([{"role": "system", "content": system_for(r)}], "non_think", False)
+        assert "## Tools" in shown and msgs[0]["tools"][0]["function"]["name"] == json.loads(r["functions"])[0]["name"]
         assert msgs == conversation(r).messages("non_think")[:2]          # exactly what SFT trained on
     f = tmp_path / "m.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "system", "content": "Answer in one line."},
