@@ -229,13 +229,16 @@ def test_packed_mxfp4_load_and_reload_match_the_cpu_path(kind, bad, tmp_path):
     torch.save(second, tmp_path / "second.pt")
     prompts = [tok.encode(s) for s in TEXTS]
     runs = {}
-    for name, folder, is_packed in (("cpu", full, False), ("packed", packed, True)):
+    procs = {}
+    for name, folder, is_packed in (("cpu", full, False), ("packed", packed, True)):   # the two engines at once
         out_dir = tmp_path / f"out_{name}"
         out_dir.mkdir()
-        runs[name] = _run_engine({"model": str(folder), "packed": is_packed, "prompts": prompts,
-                                  "first": str(tmp_path / "first.pt"), "second": str(tmp_path / "second.pt"),
-                                  "out_dir": str(out_dir), "bad": bad}, out_dir)
-        runs[name]["dir"] = out_dir
+        procs[name] = _start_engine({"model": str(folder), "packed": is_packed, "prompts": prompts,
+                                     "first": str(tmp_path / "first.pt"), "second": str(tmp_path / "second.pt"),
+                                     "out_dir": str(out_dir), "bad": bad}, out_dir)
+    for name, proc in procs.items():
+        runs[name] = _finish_engine(*proc)
+        runs[name]["dir"] = tmp_path / f"out_{name}"
     cpu, pk = runs["cpu"], runs["packed"]
     n_targets = len(summary["quantized_modules"])
     print(f"\n[{kind}] {n_targets} packed modules; patched calls {pk['patched_calls']}")
@@ -262,14 +265,23 @@ def test_packed_mxfp4_load_and_reload_match_the_cpu_path(kind, bad, tmp_path):
     assert pk["bad"]["error"] is not None, f"reload with a bad packed tensor ({bad}) did not fail"
 
 
-def _run_engine(spec: dict, tmp: Path) -> dict:
+def _start_engine(spec: dict, tmp: Path):
     spec_file, out_file = tmp / "spec.json", tmp / "out.json"
     spec_file.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__, str(spec_file), str(out_file)], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen([sys.executable, __file__, str(spec_file), str(out_file)], env=env, cwd=str(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, out_file
+
+
+def _finish_engine(proc, out_file: Path) -> dict:
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     if proc.returncode != 0:
-        raise AssertionError(f"engine process failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"engine process failed ({proc.returncode}):\n{out[-3000:]}\n{err[-6000:]}")
     return json.loads(out_file.read_text())
 
 
