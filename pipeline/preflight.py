@@ -152,9 +152,12 @@ def _code_version(sft: bool) -> str:
 
 def _read_key(read, seed: int) -> str | None:
     """The record key of a file-backed read (None: not recorded)."""
+    from rewards.tasks.rows import source_names
+
     from .graph import content_hash
 
-    files = read.source.get("data_files") or (read.source["source"] if Path(read.source["source"]).exists() else None)
+    names = source_names(read.source)      # a folder source is one name (a list names packaged sources)
+    files = read.source.get("data_files") or (names[0] if len(names) == 1 and Path(names[0]).exists() else None)
     if not files or any(ch in str(files) for ch in "*?[") or "://" in str(files):
         return None
     blob = {"domain": read.domain, "source": read.source, "split": read.split, "n": read.n, "seed": seed,
@@ -269,7 +272,7 @@ def _check_packages(recipe, sel) -> str:
                                                          for s in sel) else set()
     from train.suites import PACKAGES
 
-    names |= {recipe.task_source(d).source for d in recipe.domains} & set(PACKAGES)
+    names |= {s for d in recipe.domains for s in recipe.task_source(d).sources()} & set(PACKAGES)
     # a missing one is already the schema's one-line error (train.suites.need_package); here: what is present
     found = [f"{PACKAGES[n][0]} ({n})" for n in sorted(names) if importlib.util.find_spec(PACKAGES[n][0]) is not None]
     return ("present: " + ", ".join(found)) if found else "none needed"

@@ -84,11 +84,16 @@ def kind_of(read: Read) -> str:
     """How ``read`` is checked: ``generated``, ``stream`` (one local JSON Lines file), ``loader`` (the project's
     loader: a datasets loader with local files, a local folder, a packaged source) or ``skip`` (a hub dataset, an
     unknown kind)."""
-    s, files = read.source.get("source", "generated"), read.source.get("data_files")
-    if s == "generated":
+    from rewards.tasks.rows import source_names
+
+    names, files = source_names(read.source), read.source.get("data_files")
+    if names == ["generated"]:
         return "generated"
-    if s in _packaged():
+    if all(s in _packaged() for s in names):     # one packaged source, or a list of them
         return "loader"
+    if len(names) > 1:
+        return "skip"
+    s = names[0]
     local = bool(files) and "://" not in str(files) and not any(ch in str(files) for ch in "*?[")
     if s == "json" and local and _SLICE.match(read.split_spec) and _json_lines(Path(files).expanduser()):
         return "stream"

@@ -267,8 +267,9 @@ def cross_check(recipe: Recipe, source: str, cluster: dict | None = None, graph=
             raise RecipeError(f"{source}: tasks.{dom}: domain not in domains {recipe.domains}")
         if ts.data_files and not Path(ts.data_files).expanduser().exists():
             raise RecipeError(f"{source}: tasks.{dom}.data_files: no such file {ts.data_files!r}")
-        if ts.source != "generated" and _is_local(ts.source) and not Path(ts.source).expanduser().exists():
-            raise RecipeError(f"{source}: tasks.{dom}.source: no such file or folder {ts.source!r}")
+        for name in ts.sources():
+            if name != "generated" and _is_local(name) and not Path(name).expanduser().exists():
+                raise RecipeError(f"{source}: tasks.{dom}.source: no such file or folder {name!r}")
     _check_distill_teachers(recipe, source)
     try:
         graph = graph if graph is not None else build_graph(recipe, check=False)

@@ -68,7 +68,7 @@ def _expand_sft(recipe, specs) -> list[StageSpec]:
 
 
 def _task_inputs(src: TaskSource) -> list[str]:
-    return [p for p in (src.data_files,) if p] + ([src.source] if src.source != "generated" else [])
+    return [p for p in (src.data_files,) if p] + [s for s in src.sources() if s != "generated"]
 
 
 register_stage_kind(StageKind(

@@ -19,7 +19,7 @@ from core.registry import StageKind, StageSpec, Workload, register_stage_kind
 from rollout.config import EngineConfig, Sampling
 
 from .suites import (PACKAGED_SOURCES, SUITE_DOMAINS, BfclSource, BfclSuite, HumanEvalSuite, IfbenchSuite,
-                     Math500Suite, ReasoningGymSource, Suites, need_package)
+                     Math500Suite, ReasoningGymSource, Suites, ToolTalkSource, check_source_list, need_package)
 
 
 # ------------------------------------------------------------------------------------------------------ learner
@@ -110,9 +110,11 @@ SFTModes = Literal["by_reasoning", "all"]
 
 
 class TaskSource(Strict):
-    """Where a domain's tasks come from: the built-in generator, any `datasets`-loadable source, or a packaged
-    source (``bfcl``, ``reasoning_gym``, ``ifbench``: train/suites.py; docs/data.md)."""
-    source: str = "generated"           # "generated", a packaged source, a dataset name/folder, or a loader ("json")
+    """Where a domain's tasks come from: the built-in generator, any `datasets`-loadable source, a packaged source
+    (``bfcl``, ``reasoning_gym``, ``ifbench``, ``tooltalk``: train/suites.py; docs/data.md), or a list of the domain's packaged
+    sources, their rows interleaved."""
+    source: str | list[str] = "generated"  # generated, a dataset, a loader (json), a packaged source, or a list of them
+    #                                        (2+ packaged sources of the domain, rows interleaved: [bfcl, tooltalk])
     data_files: str | None = None       # for loaders such as json/csv/parquet
     train_split: str = "train"          # datasets split syntax, e.g. train[32:]
     eval_split: str = "test"            # e.g. train[:32] when one file holds both
@@ -122,23 +124,40 @@ class TaskSource(Strict):
     params: dict[str, int | float | str] = {}   # generator parameters (generated source), e.g. math: {max_n: 5}
     bfcl: BfclSource | None = None      # source bfcl: categories, max_chars (default: the four AST categories)
     reasoning_gym: ReasoningGymSource | None = None   # source reasoning_gym: {datasets: {name: config}, seed}
+    tooltalk: ToolTalkSource | None = None   # source tooltalk: subsets, api_mode, max_chars
     n_train: int = Field(2000, ge=1)
     n_eval: int = Field(32, ge=1)       # held-out prompts per mode
 
+    @field_validator("source")
+    @classmethod
+    def _source_list(cls, v):
+        return v if isinstance(v, str) else check_source_list(v)
+
+    def sources(self) -> list[str]:
+        """The source names: ``[source]``, or the list."""
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+    def _named(self, quote: bool = False) -> str:
+        if isinstance(self.source, list):
+            return f"[{', '.join(self.source)}]"
+        return repr(self.source) if quote else self.source
+
     @model_validator(mode="after")
     def _format_fits_source(self):
+        names = self.sources()
         for name, (_, fmt, opts) in PACKAGED_SOURCES.items():
-            if opts and getattr(self, opts) is not None and self.source != name:
-                raise ValueError(f"{opts}: options of source: {name} (source is {self.source!r})")
-        if self.source in PACKAGED_SOURCES:
+            if opts and getattr(self, opts) is not None and name not in names:
+                raise ValueError(f"{opts}: options of source: {name} (source is {self._named(quote=True)})")
+        if all(s in PACKAGED_SOURCES for s in names):
             # the split is the package's own (by a hash of each entry); nothing of a datasets source applies
-            fmt = PACKAGED_SOURCES[self.source][1]
             for key in ("data_files", "train_split", "eval_split", "fields", "params"):
                 if getattr(self, key) != type(self).model_fields[key].default:   # (a dumped recipe sets defaults)
-                    raise ValueError(f"{key}: does not apply to source {self.source} (its rows come from an "
+                    raise ValueError(f"{key}: does not apply to source {self._named()} (its rows come from an "
                                      f"installed package, split into train and held-out by a hash of each entry)")
-            if self.format not in ("auto", fmt):
-                raise ValueError(f"format: source {self.source} gives {fmt} rows, not {self.format}")
+            for s in names:
+                fmt = PACKAGED_SOURCES[s][1]
+                if self.format not in ("auto", fmt):
+                    raise ValueError(f"format: source {s} gives {fmt} rows, not {self.format}")
             return self
         generated = self.source == "generated"
         if generated and self.format not in ("auto", "generated"):
@@ -158,11 +177,12 @@ def check_generator_params(tasks: dict[str, TaskSource]) -> None:
     for d, src in tasks.items():
         if src.params and src.source == "generated":
             generate(d, "train", 1, 0, src.params)
-        if src.source in PACKAGED_SOURCES:
-            domain = PACKAGED_SOURCES[src.source][0]
-            if d != domain:
-                raise ValueError(f"{d}.source: {src.source} gives rows of the {domain} domain, not {d}")
-            need_package(src.source, f"{d}.source: {src.source}")
+        for name in src.sources():
+            if name in PACKAGED_SOURCES:
+                domain = PACKAGED_SOURCES[name][0]
+                if d != domain:
+                    raise ValueError(f"{d}.source: {name} gives rows of the {domain} domain, not {d}")
+                need_package(name, f"{d}.source: {name}")
 
 
 class EvalConfig(Strict):

