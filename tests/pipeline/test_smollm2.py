@@ -27,6 +27,18 @@ def test_smollm2_recipe_validates_with_its_model_sources_and_suites():
     assert "base" not in stages.split()           # a real model is its own base
 
 
+def test_smollm2_long_is_the_same_graph_at_larger_sizes():
+    """recipes/smollm2_long.yaml (the sizes behind docs/results.md's tables) extends smollm2.yaml: the same stages,
+    model and sources; more steps and held-out rows."""
+    short, long_ = load_recipe(RECIPE), load_recipe(ROOT / "recipes" / "smollm2_long.yaml")
+    assert long_.model == short.model and long_.domains == short.domains and long_.modes == short.modes
+    assert long_.task_source("agent").source == short.task_source("agent").source
+    assert long_.task_source("math").sft_modes == short.task_source("math").sft_modes == "all"
+    assert (long_.sft.steps, short.sft.steps) == (30, 12) and (long_.generalist.steps, short.generalist.steps) == (100, 40)
+    assert long_.distill.steps > short.distill.steps and long_.eval.samples > short.eval.samples
+    assert long_.task_source("math").n_eval > short.task_source("math").n_eval
+
+
 def guard_recipe(tmp_path):
     """The smollm2 recipe, shrunk: math and instruct in non_think, 2 steps everywhere, the transformers engine
     (a fleet start would take most of the time budget; the vLLM path of this recipe is the full run's)."""
