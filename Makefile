@@ -51,8 +51,9 @@ $(GPU_STAMP): pyproject.toml
 run: setup
 	$(BIN)/pipeline run $(RECIPE)
 
-# The whole graph on SmolLM2-135M-Instruct and packaged data (recipes/smollm2.yaml; docs/results.md); resumable:
-# run it again, or a piece with `$(BIN)/pipeline run recipes/smollm2.yaml --only <stage>`
+# The whole graph on SmolLM2-135M-Instruct and packaged data (recipes/smollm2.yaml, sized for 90 minutes on 2 CPU
+# cores: 87 min measured; docs/results.md); resumable: run it again, or a piece with
+# `$(BIN)/pipeline run recipes/smollm2.yaml --only <stage>`. recipes/smollm2_long.yaml: the larger sizes (~4 hours)
 smollm2: setup
 	$(BIN)/pipeline run recipes/smollm2.yaml
 
