@@ -34,6 +34,7 @@ def inject_fault(path: Path) -> bool:
     outputs intact and the stage resumable; it covers ``atomic_write_*`` (manifests, checkpoint checksums and commit
     markers, recipe.yaml) and ``MetricsLog.log``.
     """
+    _stall(path)
     spec = os.environ.get("PIPELINE_FAULT")
     if not spec:
         return False
@@ -42,6 +43,22 @@ def inject_fault(path: Path) -> bool:
         return False
     _FAULT_HITS[spec] = _FAULT_HITS.get(spec, 0) + 1
     return _FAULT_HITS[spec] == int(nth or 1)
+
+
+def _stall(path: Path) -> None:
+    """Test hook: ``PIPELINE_STALL="<substring>=<seconds>"``: the first write in this process to a path containing
+    ``<substring>`` waits that long before it starts. Off unless set. tests/reliability holds a stage inside its next
+    checkpoint's write this way, so that a kill lands mid-stage however fast the tiny model's steps are (three steps
+    and a stage's end inside one second were seen, faster than a test can poll and kill).
+    """
+    spec = os.environ.get("PIPELINE_STALL")
+    if not spec:
+        return
+    sub, _, seconds = spec.rpartition("=")
+    key = f"stall:{spec}"
+    if sub and sub in str(path) and key not in _FAULT_HITS:
+        _FAULT_HITS[key] = 1
+        time.sleep(float(seconds))
 
 
 def _enospc(path) -> OSError:

@@ -29,7 +29,7 @@ CLI = [sys.executable, "-c", _NO_REPORT]
 
 def env(**extra) -> dict:
     e = {**os.environ, "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    e.pop("PIPELINE_FAULT", None)
+    e.pop("PIPELINE_FAULT", None), e.pop("PIPELINE_STALL", None)
     e.update({k: str(v) for k, v in extra.items()})
     return e
 

@@ -199,3 +199,19 @@ def test_second_run_on_a_locked_run_dir_is_refused(tmp_path):
     with RunLock(run_dir):
         pass
     record("concurrency", concurrent_runs_refused=1)
+
+
+def test_stall_holds_the_first_matching_write_only(tmp_path, monkeypatch):
+    """PIPELINE_STALL (the kill-point hook of test_rel_resume) delays the first write to a matching path, once."""
+    rundir._FAULT_HITS.clear()
+    monkeypatch.setenv("PIPELINE_STALL", "b/manifest.json=0.5")
+    t0 = time.monotonic()
+    atomic_write_json(tmp_path / "a" / "manifest.json", {"x": 1})                 # not matching: no wait
+    t1 = time.monotonic()
+    atomic_write_json(tmp_path / "b" / "manifest.json", {"x": 2})                 # the first match waits
+    t2 = time.monotonic()
+    atomic_write_json(tmp_path / "b" / "manifest.json", {"x": 3})                 # ... once
+    t3 = time.monotonic()
+    rundir._FAULT_HITS.clear()
+    assert t1 - t0 < 0.4 and t2 - t1 >= 0.5 and t3 - t2 < 0.4, (t1 - t0, t2 - t1, t3 - t2)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text()) == {"x": 3}   # the write itself went through

@@ -1,5 +1,7 @@
 """One run directory of a tiny SFT -> GRPO -> distill recipe through seven `pipeline run`s, each ended by a fault
-drawn by a seeded RNG; the last run completes and everything equals an uninterrupted reference run.
+drawn by a seeded RNG; the last run completes and everything equals an uninterrupted reference run. Each SIGKILL
+"after the k-th checkpoint" lands while the stage runs: the write of the checkpoint after it is held
+(``PIPELINE_STALL``), as the tiny model's steps can be faster than the test can poll.
 
 1. SIGKILL of the driver's process group (Ray included) after the k-th SFT checkpoint -- meanwhile a second
    `pipeline run` on the locked directory exits 3 naming the holder; then the newest SFT checkpoint gets bytes flipped.
@@ -140,16 +142,25 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
                 assert (now["output_hash"], now["finished"]) == (m["output_hash"], m["finished"]), (what, s)
         events.append({"event": what, **(info or {})})
 
-    def after_checkpoints(sid, k, jitter):
+    def after_checkpoints(sid, k, jitter, base=None):
+        """SIGKILL somewhere after this run's k-th checkpoint of ``sid``, the stage still running: the run was started
+        with the next checkpoint's write held (``hold``), since a tiny stage's remaining steps can take less than
+        the jitter (three steps and the stage's end inside one second were seen). ``base``: the checkpoints the log
+        held when the run started (default: when ``until`` is called)."""
         def until(proc):
             ck = run_dir / sid / "ckpt" / "checkpoints.jsonl"
-            base = lines(ck)
-            wait_for(lambda: lines(ck) >= base + k, proc, 400, f"checkpoint {k} of {sid}", poll=0.02)
+            start_count = lines(ck) if base is None else base
+            wait_for(lambda: lines(ck) >= start_count + k, proc, 400, f"checkpoint {k} of {sid}", poll=0.02)
             time.sleep(rng.uniform(0.0, jitter))                       # somewhere in the next step
             assert proc.poll() is None, f"the run ended before the kill point in {sid}"
+            assert manifest(run_dir, sid)["status"] == "running", manifest(run_dir, sid)
             kill_group(proc)
             return {"running": running_stage(run_dir)}
         return until
+
+    def hold(sid, step):
+        """PIPELINE_STALL: the write of ``sid``'s checkpoint of ``step`` waits 120 s (the kill comes first)."""
+        return {"PIPELINE_STALL": f"{sid}/ckpt/.step_{step:06d}.tmp/checksums.json=120"}
 
     def newest(sid):
         return sorted(p for p in (run_dir / sid / "ckpt").glob("step_*") if (p / "COMMITTED").exists())[-1]
@@ -163,8 +174,8 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
         assert "locked" in r.stderr and str(proc.pid) in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert proc.poll() is None
-        return after_checkpoints(SFT, k_sft, 0.03)(proc)
-    go(f"driver SIGKILL after SFT checkpoint {k_sft}", sft_kill)
+        return after_checkpoints(SFT, k_sft, 0.03, base=0)(proc)   # the first run: none before
+    go(f"driver SIGKILL after SFT checkpoint {k_sft}", sft_kill, **hold(SFT, 2 * k_sft + 2))
     assert manifest(run_dir, SFT)["status"] == "running"
     corrupt[SFT] = newest(SFT).name                                    # ... and its newest checkpoint is corrupted
     _flip(newest(SFT) / "model.safetensors", rng)
@@ -190,16 +201,18 @@ def test_kills_dead_teacher_write_failures_and_corruption_resume_exactly(recipe,
     assert st.returncode == 0 and "warning: checkpoint" in st.stdout and corrupt[SFT] in st.stdout, st.stdout
     finals[SFT] = _sha(run_dir / SFT / "final")
 
-    # 3. GRPO resumes; SIGKILL after its next checkpoint; then that checkpoint is truncated
-    go(f"driver SIGKILL after GRPO checkpoint {k_grpo}", after_checkpoints(GRPO_ID, 1, 0.3))
+    # 3. GRPO resumes; SIGKILL after its next checkpoint (the one after it is held); that checkpoint is truncated
+    go(f"driver SIGKILL after GRPO checkpoint {k_grpo}", after_checkpoints(GRPO_ID, 1, 0.3), **hold(GRPO_ID, k_grpo + 1))
+    assert newest(GRPO_ID).name == f"step_{k_grpo:06d}"
     corrupt[GRPO_ID] = newest(GRPO_ID).name
     _truncate(newest(GRPO_ID) / "optimizer.pt", rng)
 
     if HAS_DISTILL:
         # 4. GRPO falls back and completes; SIGKILL after the k-th distill checkpoint
-        go(f"driver SIGKILL after distill checkpoint {k_dist}", after_checkpoints("distill", k_dist, 0.3))
+        go(f"driver SIGKILL after distill checkpoint {k_dist}", after_checkpoints("distill", k_dist, 0.3),
+           **hold("distill", k_dist + 1))
         m = manifest(run_dir, GRPO_ID)
-        assert m["status"] == "complete" and any(corrupt[GRPO_ID] in w for w in m["warnings"]), m
+        assert m["status"] == "complete" and any(corrupt[GRPO_ID] in w for w in m.get("warnings", [])), m
 
         # 5. a teacher actor process dies mid-stage: recovered, or a one-line failure -- never a hang
         def teacher_death(proc):
