@@ -32,7 +32,7 @@ def inject_fault(path: Path) -> bool:
     ``<substring>`` fails with ``OSError(ENOSPC)`` after half of its data was written (atomic writes: to the temporary
     file; ``metrics.jsonl``: a torn line). Used by tests/reliability to check that a failed write leaves earlier
     outputs intact and the stage resumable; it covers ``atomic_write_*`` (manifests, checkpoint checksums and commit
-    markers, recipe.yaml) and ``MetricsLog.log``.
+    markers, recipe.yaml) and ``MetricsLog.log``. Every such write passes ``PIPELINE_STALL`` (:func:`_stall`) first.
     """
     _stall(path)
     spec = os.environ.get("PIPELINE_FAULT")
